@@ -1,0 +1,109 @@
+"""Frames: the unit every duet message travels in. Pure functions, bytes in and out, no I/O.
+
+A frame is a small msgpack header (the message: a dict of primitives) followed by zero or more raw
+buffers (tensor storage), so a large tensor is never re-encoded or copied into the header::
+
+     0       2       3       4               8              12
+     +-------+-------+-------+---------------+---------------+
+     | "DU"  | ver=1 | flags | header_len    | n_buffers     |   fixed part, big-endian
+     +-------+-------+-------+---------------+---------------+
+     | buffer_len[0] (u64) ... buffer_len[n_buffers-1] (u64) |
+     +-------------------------------------------------------+
+     | header (msgpack, header_len bytes)                     |
+     +-------------------------------------------------------+
+     | buffer 0 | buffer 1 | ...                             |
+     +-------------------------------------------------------+
+
+``unpack`` checks magic, version and every length against the data and the limits *before* it decodes
+anything, and raises only :class:`~duet.errors.ProtocolError` on bad input. The header decodes to
+primitives only: no msgpack extension types, string map keys, bounded size.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from .errors import ProtocolError
+
+__all__ = ["MAGIC", "VERSION", "MAX_HEADER", "MAX_BUFFERS", "pack", "pack_segments", "unpack"]
+
+MAGIC = b"DU"
+VERSION = 1
+MAX_HEADER = 8 * 1024 * 1024
+MAX_BUFFERS = 4096
+_FIXED = struct.Struct(">2sBBII")
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"msgpack extension type {code} is not allowed")
+
+
+def pack_segments(header: Any, buffers: Sequence[Buffer] = ()) -> list[Buffer]:
+    """Encode a frame as a list of segments (the buffers are referenced, not copied)."""
+    if len(buffers) > MAX_BUFFERS:
+        raise ProtocolError(f"too many buffers in one frame ({len(buffers)} > {MAX_BUFFERS})")
+    try:
+        head = msgpack.packb(header, use_bin_type=True, strict_types=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"message cannot be encoded: {exc}") from exc
+    if len(head) > MAX_HEADER:
+        raise ProtocolError(f"message header too large ({len(head)} bytes)")
+    views = [memoryview(b).cast("B") if not isinstance(b, bytes) else b for b in buffers]
+    lengths = struct.pack(f">{len(views)}Q", *(len(v) for v in views))
+    fixed = _FIXED.pack(MAGIC, VERSION, 0, len(head), len(views))
+    return [fixed + lengths + head, *views]
+
+
+def pack(header: Any, buffers: Sequence[Buffer] = ()) -> bytes:
+    """Encode a frame into one bytes object."""
+    return b"".join(pack_segments(header, buffers))
+
+
+def unpack(data: Buffer, *, max_size: int | None = None) -> tuple[Any, list[memoryview]]:
+    """Decode a frame into (header, buffers). Buffers are zero-copy views into ``data``."""
+    view = memoryview(data).cast("B")
+    if max_size is not None and len(view) > max_size:
+        raise ProtocolError(f"frame of {len(view)} bytes exceeds the limit of {max_size}")
+    if len(view) < _FIXED.size:
+        raise ProtocolError("frame too short")
+    magic, version, _flags, head_len, n_buf = _FIXED.unpack_from(view, 0)
+    if magic != MAGIC:
+        raise ProtocolError("not a duet frame (bad magic)")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version} (this side speaks {VERSION})")
+    if head_len > MAX_HEADER:
+        raise ProtocolError(f"header length {head_len} exceeds {MAX_HEADER}")
+    if n_buf > MAX_BUFFERS:
+        raise ProtocolError(f"buffer count {n_buf} exceeds {MAX_BUFFERS}")
+    pos = _FIXED.size
+    if len(view) < pos + 8 * n_buf:
+        raise ProtocolError("frame truncated in the buffer table")
+    lengths = struct.unpack_from(f">{n_buf}Q", view, pos)
+    pos += 8 * n_buf
+    if pos + head_len + sum(lengths) != len(view):
+        raise ProtocolError("frame lengths do not match its size")
+    try:
+        header = msgpack.unpackb(
+            view[pos : pos + head_len],
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_no_ext,
+            timestamp=0,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises several types on malformed input
+        raise ProtocolError(f"malformed frame header: {exc}") from exc
+    pos += head_len
+    buffers = []
+    for n in lengths:
+        buffers.append(view[pos : pos + n])
+        pos += n
+    return header, buffers
