@@ -1,0 +1,316 @@
+"""The Duet object users hold: launch_duet / join_duet, lifecycle, status, and the message dispatch table."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import connect, loop
+from .errors import ConnectionError, DuetError, SignalingError
+from .identity import Identity
+from .signaling import codes
+from .signaling.client import SignalingClient
+from .transport import Channel, Message
+
+__all__ = ["Duet", "launch_duet", "join_duet", "DEFAULT_SIGNALING_URL"]
+
+log = logging.getLogger("duet.session")
+
+DEFAULT_SIGNALING_URL = "http://127.0.0.1:8765"
+_embedded: dict[tuple[str, int], Any] = {}
+
+
+def _signaling_url(url: str | None) -> str:
+    return (url or os.environ.get("DUET_SIGNALING_URL") or DEFAULT_SIGNALING_URL).rstrip("/")
+
+
+def _loopback_file() -> Path:
+    uid = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"duet-{uid}" / "loopback-session"
+
+
+async def _ensure_server(client: SignalingClient, url: str) -> None:
+    """Start the embedded signaling server when the URL is on loopback and nothing answers there."""
+    if await client.healthy():
+        return
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 80
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise SignalingError(
+            f"no signaling server answers at {url}: start one with `duet-signaling --host 0.0.0.0 "
+            f"--port {port}` on that machine, or check DUET_SIGNALING_URL"
+        )
+    from .signaling.server import start_server
+
+    try:
+        runner, _ = await start_server(host="127.0.0.1" if host == "localhost" else host, port=port)
+    except OSError as exc:
+        raise SignalingError(
+            f"nothing answers as a duet signaling server at {url} and its port is taken ({exc.strerror}): "
+            "pass signaling_url= or set DUET_SIGNALING_URL to a free port"
+        ) from exc
+    _embedded[(host, port)] = runner
+    log.info("started the embedded signaling server on %s", url)
+
+
+class Duet:
+    """One side of a session. Build it with :func:`launch_duet` (owner) or :func:`join_duet` (scientist)."""
+
+    def __init__(self, role: str, session_id: str, *, name: str, signaling_url: str, timeout: float | None) -> None:
+        self.role = role
+        self.session_id = session_id
+        self.name = name
+        self.signaling_url = signaling_url
+        self.identity = Identity.load_or_create()
+        self.peer: connect.PeerInfo | None = None
+        self.connect_seconds: float | None = None
+        self._timeout = timeout
+        self._status = "waiting" if role == "owner" else "connecting"
+        self._error: BaseException | None = None
+        self._channel: Channel | None = None
+        self._client = SignalingClient(signaling_url)
+        self._pending: connect.Pending | None = None
+        self._waiter: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()  # set (in the loop) once connected or failed
+        self._closing = False
+        self._started = time.monotonic()
+        self._on_close_callbacks: list[Callable[[str], None]] = []
+        self.handlers: dict[str, Callable[[Message], Any]] = {"echo": self._on_echo, "error": self._on_error}
+
+    # ---- status and display ----------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """``waiting``, ``connecting``, ``connected`` or ``closed``."""
+        return self._status
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity.fingerprint
+
+    def _summary(self) -> dict[str, str]:
+        peer = f"{self.peer.name} ({self.peer.fingerprint})" if self.peer else "-"
+        return {"role": self.role, "peer": peer, "status": self.status, **self._extra_summary()}
+
+    def _extra_summary(self) -> dict[str, str]:
+        return {}
+
+    def __repr__(self) -> str:
+        return "<Duet " + " ".join(f"{k}={v}" for k, v in self._summary().items()) + ">"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+            for k, v in self._summary().items()
+        )
+        return f"<b>duet session</b><table>{rows}</table>"
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+
+    async def _start_owner(self, ice_servers: connect.IceServers) -> None:
+        await _ensure_server(self._client, self.signaling_url)
+        self._pending = await connect.offer(self._client, self.session_id, self.identity, self.name, ice_servers)
+        self._waiter = asyncio.ensure_future(self._owner_wait())
+
+    async def _owner_wait(self) -> None:
+        assert self._pending is not None
+        try:
+            peer = await connect.await_answer(self._client, self._pending, self._timeout)
+            self._status = "connecting"
+            self._attach(self._pending.pc, self._pending.dc, peer)
+        except asyncio.CancelledError:
+            await self._pending.pc.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - kept and raised by wait_for_peer
+            self._error = exc
+            self._status = "closed"
+            await self._pending.pc.close()
+            self._connected.set()
+            log.warning("no scientist connected: %s", exc)
+        finally:
+            await self._client.close()
+
+    async def _start_scientist(self, ice_servers: connect.IceServers) -> None:
+        try:
+            pc, dc, peer = await connect.answer(
+                self._client, self.session_id, self.identity, self.name, ice_servers, self._timeout or 30.0
+            )
+        finally:
+            await self._client.close()
+        self._attach(pc, dc, peer)
+
+    def _attach(self, pc: Any, dc: Any, peer: connect.PeerInfo) -> None:
+        self.peer = peer
+        self._channel = Channel(
+            pc, dc, on_message=self._dispatch, on_close=self._on_channel_close, max_message=peer.max_message
+        )
+        self._channel.start()
+        self._status = "connected"
+        self.connect_seconds = time.monotonic() - self._started
+        self._connected.set()
+        log.info("%s connected to %s (%s)", self.role, peer.name, peer.fingerprint)
+
+    def _on_channel_close(self, reason: str) -> None:
+        self._status = "closed"
+        if not self._closing:
+            log.warning("session ended: %s", reason)
+        for callback in list(self._on_close_callbacks):
+            callback(reason)
+
+    def wait_for_peer(self, timeout: float | None = None) -> Duet:
+        """Block until the scientist is connected. Raises the reason if pairing failed."""
+
+        async def wait() -> None:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+
+        if self._status != "connected":
+            try:
+                loop.run(wait())
+            except asyncio.TimeoutError as exc:
+                raise ConnectionError(f"no scientist connected within {timeout} s") from exc
+        if self._error is not None:
+            raise self._error
+        if self._status != "connected":
+            raise ConnectionError(f"the session is {self._status}")
+        return self
+
+    def close(self) -> None:
+        """End the session on both sides (idempotent)."""
+        if self._closing:
+            return
+        self._closing = True
+        loop.run(self._close(), timeout=10)
+
+    async def _close(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.cancel()
+            await asyncio.gather(self._waiter, return_exceptions=True)
+            if self._pending is not None:
+                try:
+                    await SignalingClient(self.signaling_url, timeout=2).cancel(self._pending.key)
+                except DuetError:
+                    pass
+        if self._channel is not None:
+            await self._channel.close("closed by the " + self.role)
+        self._status = "closed"
+        self._connected.set()
+
+    def __enter__(self) -> Duet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- messages ------------------------------------------------------------------------------------
+
+    @property
+    def channel(self) -> Channel:
+        if self._channel is None or self._status != "connected":
+            if self._error is not None:
+                raise ConnectionError(f"the session is {self._status}: {self._error}")
+            raise ConnectionError(f"the session is {self._status}: no peer connected")
+        return self._channel
+
+    def _dispatch(self, msg: Message) -> Any:
+        handler = self.handlers.get(msg.type)
+        if handler is None:
+            msg.reply({"t": "error", "kind": "ProtocolError", "message": f"unknown message type {msg.type!r}"})
+            return None
+        return handler(msg)
+
+    def _on_echo(self, msg: Message) -> None:
+        msg.reply({"t": "echo"}, msg.buffers)
+
+    def _on_error(self, msg: Message) -> None:
+        warnings.warn(
+            f"the peer reports: {msg.header.get('kind')}: {str(msg.header.get('message'))[:300]}", stacklevel=1
+        )
+
+    def echo(self, payload: bytes, timeout: float = 60.0) -> bytes:
+        """Send bytes to the peer and get them back (a check of the channel in both directions)."""
+
+        async def go() -> bytes:
+            reply = await self.channel.request({"t": "echo"}, [payload], timeout=timeout)
+            return b"".join(bytes(b) for b in reply.buffers)
+
+        return loop.run(go())
+
+    def ping(self, timeout: float = 10.0) -> float:
+        """Round-trip time to the peer, in seconds."""
+
+        async def go() -> float:
+            start = time.perf_counter()
+            await self.channel.request({"t": "echo"}, timeout=timeout)
+            return time.perf_counter() - start
+
+        return loop.run(go())
+
+
+def launch_duet(
+    *,
+    signaling_url: str | None = None,
+    loopback: bool = False,
+    ice_servers: connect.IceServers = None,
+    timeout: float | None = None,
+    name: str = "owner",
+    quiet: bool = False,
+    duet_class: type[Duet] | None = None,
+    **kwargs: Any,
+) -> Duet:
+    """Owner: start a session and return at once; prints the session ID to share."""
+    url = _signaling_url(signaling_url)
+    session_id = codes.new_session_id()
+    cls = duet_class or Duet
+    d = cls("owner", session_id, name=name, signaling_url=url, timeout=timeout, **kwargs)
+    loop.run(d._start_owner(ice_servers), timeout=30)
+    if loopback:
+        path = _loopback_file()
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(session_id)
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+    if not quiet:
+        args = f'"{session_id}"' if not loopback else "loopback=True"
+        if url != DEFAULT_SIGNALING_URL:
+            args += f', signaling_url="{url}"'
+        print(f"duet: session {session_id} is waiting for a scientist.")
+        print(f"duet: in the scientist's notebook run:  d = duet.join_duet({args})")
+    return d
+
+
+def join_duet(
+    session_id: str | None = None,
+    *,
+    signaling_url: str | None = None,
+    loopback: bool = False,
+    ice_servers: connect.IceServers = None,
+    timeout: float = 30.0,
+    name: str = "scientist",
+    duet_class: type[Duet] | None = None,
+    **kwargs: Any,
+) -> Duet:
+    """Scientist: join the owner's session; blocks until the data channel is open."""
+    if session_id is None:
+        if not loopback:
+            raise SignalingError("join_duet needs the owner's session ID (or loopback=True on the same machine)")
+        try:
+            session_id = _loopback_file().read_text().strip()
+        except OSError as exc:
+            raise SignalingError(
+                "no loopback session found: run duet.launch_duet(loopback=True) in the owner's notebook first"
+            ) from exc
+    session_id = codes.normalize_session_id(session_id)
+    cls = duet_class or Duet
+    d = cls("scientist", session_id, name=name, signaling_url=_signaling_url(signaling_url), timeout=timeout, **kwargs)
+    loop.run(d._start_scientist(ice_servers), timeout=timeout + 5)
+    return d
