@@ -1,0 +1,19 @@
+"""Requests layer: the owner's request queue, handlers, decision history and its sqlite record.
+
+The ipywidgets panel lives in ``duet.requests.widget`` (imported on first ``RequestQueue.widget()`` call).
+"""
+
+from duet.requests.handlers import Handler, HandlerList
+from duet.requests.history import History, RecordDB
+from duet.requests.queue import AlreadyDecided, Request, RequestQueue, new_request_id
+
+__all__ = [
+    "AlreadyDecided",
+    "Handler",
+    "HandlerList",
+    "History",
+    "RecordDB",
+    "Request",
+    "RequestQueue",
+    "new_request_id",
+]

@@ -1,0 +1,146 @@
+"""The owner's ipywidgets panel over the request queue: pending requests with Accept / Deny, updated live.
+
+The panel registers a listener on the queue; the listener may run on the session's loop thread (traitlet
+updates from another thread reach the kernel's comm). Rows are kept per request id, so a deny reason being
+typed survives other requests arriving. Everything the scientist chose (name, reason) is HTML-escaped.
+``close()`` unregisters the panel and closes its child widgets.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+
+from duet.requests.queue import AlreadyDecided, Request
+
+if TYPE_CHECKING:
+    from duet.requests.queue import RequestQueue
+
+__all__ = ["RequestPanel", "format_age"]
+
+
+def format_age(seconds: float) -> str:
+    """``"42s"``, ``"3m 05s"``, ``"2h 07m"``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+class _Row:
+    """The widgets of one pending request."""
+
+    def __init__(self, panel: RequestPanel, req: Request) -> None:
+        self.req = req
+        self.label = widgets.HTML(layout=widgets.Layout(flex="1 1 auto"))
+        self.reason = widgets.Text(placeholder="deny reason (optional)", layout=widgets.Layout(width="14em"))
+        self.accept_button = widgets.Button(description="Accept", button_style="success", tooltip="Accept")
+        self.deny_button = widgets.Button(description="Deny", button_style="danger", tooltip="Deny")
+        self.accept_button.on_click(lambda _b: panel._decide(req, accept=True, reason=""))
+        self.deny_button.on_click(lambda _b: panel._decide(req, accept=False, reason=self.reason.value))
+        self.box = widgets.HBox([self.label, self.reason, self.accept_button, self.deny_button])
+
+    def update(self, now: float) -> None:
+        r = self.req
+        esc = html.escape
+        what = r.object_type or r.kind
+        shape = "" if r.shape is None else f" {esc(str(tuple(r.shape)))}"
+        obj = f"{esc(what)}{shape}" + (f" <code>{esc(r.object_id[:12])}</code>" if r.object_id else "")
+        age = format_age(now - r.created_at.timestamp())
+        left = ""
+        if r.timeout_secs >= 0:
+            left = f", expires in {format_age(r.created_at.timestamp() + r.timeout_secs - now)}"
+        reason = f" &mdash; {esc(r.reason)}" if r.reason else ""
+        self.label.value = (
+            f"<b>{esc(r.name) or '<i>(no name)</i>'}</b>{reason}<br>"
+            f"<small>{obj} &middot; from {esc(r.requester)} &middot; {age} ago{left}</small>"
+        )
+
+    def close(self) -> None:
+        for w in (self.box, self.label, self.reason, self.accept_button, self.deny_button):
+            w.close()
+
+
+class RequestPanel(widgets.VBox):
+    """``d.requests.widget()``: a VBox with a header (counts), one row per pending request, a message line."""
+
+    def __init__(self, queue: RequestQueue, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._queue = queue
+        self._panel_lock = threading.RLock()
+        self._rows: dict[str, _Row] = {}
+        self._closed_panel = False
+        self.header = widgets.HTML()
+        self.message = widgets.HTML()
+        self.refresh_button = widgets.Button(description="Refresh", tooltip="Update ages", icon="refresh")
+        self.refresh_button.on_click(lambda _b: self.refresh())
+        self._top = widgets.HBox([self.header, self.refresh_button])
+        self._empty = widgets.HTML("<i>No pending requests.</i>")
+        queue.add_listener(self._on_event)
+        self.refresh()
+
+    @property
+    def rows(self) -> dict[str, _Row]:
+        """The rows shown, by request id (a copy)."""
+        with self._panel_lock:
+            return dict(self._rows)
+
+    def _on_event(self, event: str, req: Request) -> None:
+        self.refresh()
+
+    def _decide(self, req: Request, *, accept: bool, reason: str) -> None:
+        try:
+            if accept:
+                self._queue.accept(req)
+            else:
+                self._queue.deny(req, reason)
+        except AlreadyDecided as exc:
+            self.message.value = f"<small>{html.escape(str(exc))}</small>"
+        else:
+            verb = "accepted" if accept else "denied"
+            self.message.value = f"<small>{html.escape(req.name or req.id)} {verb}</small>"
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild the panel from the queue (called on every queue event; safe from any thread)."""
+        with self._panel_lock:
+            if self._closed_panel:
+                return
+            pending = list(self._queue)
+            counts = self._queue.history.counts()
+            now = self._queue.clock()
+            ids = {r.id for r in pending}
+            gone = [self._rows.pop(rid) for rid in list(self._rows) if rid not in ids]
+            for r in pending:
+                row = self._rows.get(r.id)
+                if row is None:
+                    row = self._rows[r.id] = _Row(self, r)
+                row.update(now)
+            decided = ", ".join(f"{n} {k}" for k, n in counts.items())
+            closed = " <small>&middot; queue closed</small>" if self._queue.closed else ""
+            self.header.value = (
+                f"<b>Duet requests</b>: {len(pending)} pending <small>(decided: {decided})</small>{closed}"
+            )
+            body = [self._rows[r.id].box for r in pending] or [self._empty]
+            self.children = [self._top, *body, self.message]
+            for row in gone:
+                row.close()
+
+    def close(self) -> None:
+        """Stop following the queue and close this panel's widgets."""
+        with self._panel_lock:
+            if self._closed_panel:
+                return
+            self._closed_panel = True
+            self._queue.remove_listener(self._on_event)
+            for row in self._rows.values():
+                row.close()
+            self._rows.clear()
+            for w in (self._top, self._empty, self.header, self.message, self.refresh_button):
+                w.close()
+        super().close()

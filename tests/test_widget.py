@@ -1,0 +1,165 @@
+"""The owner's request panel, headless: rows appear and go, buttons decide, several panels, close."""
+
+from __future__ import annotations
+
+import threading
+
+import ipywidgets as widgets
+import pytest
+
+from duet.requests import Request, RequestQueue
+from duet.requests.widget import RequestPanel, format_age
+
+
+class FakeClock:
+    def __init__(self, t: float = 1_700_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def queue(clock: FakeClock) -> RequestQueue:
+    return RequestQueue(on_decided=lambda r: None, clock=clock)
+
+
+def req(name: str, **kw: object) -> Request:
+    kw.setdefault("object_id", f"id-{name}")
+    kw.setdefault("object_type", "Tensor")
+    kw.setdefault("shape", (2, 3))
+    kw.setdefault("requester", "alice (3f9a-12bc)")
+    return Request(name=name, **kw)  # type: ignore[arg-type]
+
+
+def walk(w: widgets.Widget) -> list[widgets.Widget]:
+    out = [w]
+    for child in getattr(w, "children", ()):
+        out.extend(walk(child))
+    return out
+
+
+def buttons(panel: RequestPanel, label: str) -> list[widgets.Button]:
+    return [w for w in walk(panel) if isinstance(w, widgets.Button) and w.description == label]
+
+
+def texts(panel: RequestPanel) -> str:
+    return " ".join(w.value for w in walk(panel) if isinstance(w, widgets.HTML))
+
+
+def test_panel_lists_pending_requests(queue: RequestQueue, clock: FakeClock) -> None:
+    panel = queue.widget()
+    assert isinstance(panel, widgets.VBox)
+    assert buttons(panel, "Accept") == [] and "No pending requests" in texts(panel)
+    queue.submit(req("mean", reason="average age", timeout_secs=20))
+    clock.t += 5
+    queue.submit(req("loss"))
+    assert len(buttons(panel, "Accept")) == 2 and len(buttons(panel, "Deny")) == 2
+    text = texts(panel)
+    for part in (
+        "mean",
+        "average age",
+        "loss",
+        "Tensor",
+        "(2, 3)",
+        "alice (3f9a-12bc)",
+        "5s ago",
+        "expires in 15s",
+    ):
+        assert part in text
+    assert "2 pending" in text
+
+
+def test_accept_button_decides_and_updates(queue: RequestQueue) -> None:
+    panel = queue.widget()
+    r = queue.submit(req("mean"))
+    other = queue.submit(req("sum"))
+    before = list(panel.children)
+    buttons(panel, "Accept")[0].click()
+    assert r.status == "accepted" and r.decided_by == "owner" and other.status == "pending"
+    assert panel.children != tuple(before)
+    assert len(buttons(panel, "Accept")) == 1 and r.id not in panel.rows
+    assert "1 pending" in texts(panel) and "1 accepted" in texts(panel)
+
+
+def test_deny_button_sends_the_typed_reason(queue: RequestQueue) -> None:
+    panel = queue.widget()
+    r = queue.submit(req("mean"))
+    panel.rows[r.id].reason.value = "too revealing"
+    buttons(panel, "Deny")[0].click()
+    assert r.status == "denied" and r.deny_reason == "too revealing"
+    assert "1 denied" in texts(panel) and "No pending requests" in texts(panel)
+
+
+def test_typed_reason_survives_new_arrivals(queue: RequestQueue) -> None:
+    panel = queue.widget()
+    r = queue.submit(req("mean"))
+    panel.rows[r.id].reason.value = "half typed"
+    queue.submit(req("other"))
+    assert panel.rows[r.id].reason.value == "half typed"
+
+
+def test_stale_button_shows_a_message(queue: RequestQueue) -> None:
+    panel = queue.widget()
+    r = queue.submit(req("mean"))
+    stale = buttons(panel, "Accept")[0]
+    queue.deny(r)  # decided elsewhere (another panel, a handler, the notebook)
+    stale.click()
+    assert r.status == "denied"
+    assert "already denied" in panel.message.value
+
+
+def test_scientist_text_is_escaped(queue: RequestQueue) -> None:
+    panel = queue.widget()
+    queue.submit(req("<img src=x onerror=alert(1)>", reason="<script>x</script>"))
+    text = texts(panel)
+    assert "<script>" not in text and "<img" not in text
+    assert "&lt;script&gt;" in text
+
+
+def test_several_panels_and_close(queue: RequestQueue) -> None:
+    p1, p2 = queue.widget(), queue.widget()
+    r = queue.submit(req("mean"))
+    assert len(buttons(p1, "Accept")) == len(buttons(p2, "Accept")) == 1
+    buttons(p1, "Accept")[0].click()
+    assert r.status == "accepted" and buttons(p2, "Accept") == []
+    p2.close()
+    p2.close()
+    assert len(queue._listeners) == 1
+    queue.submit(req("sum"))
+    assert len(buttons(p1, "Accept")) == 1
+    assert p2.rows == {}
+
+
+def test_updates_from_another_thread(queue: RequestQueue) -> None:
+    panel = queue.widget()
+    done = threading.Event()
+
+    def loop_thread() -> None:
+        queue.submit(req("from-loop"))
+        done.set()
+
+    threading.Thread(target=loop_thread).start()
+    assert done.wait(timeout=10)
+    assert "from-loop" in texts(panel)
+
+
+def test_closing_the_queue_shows_in_the_panel(queue: RequestQueue) -> None:
+    panel = queue.widget()
+    queue.submit(req("mean"))
+    queue.close()
+    assert "No pending requests" in texts(panel) and "1 expired" in texts(panel)
+
+
+def test_refresh_button_and_age_format(queue: RequestQueue, clock: FakeClock) -> None:
+    panel = queue.widget()
+    queue.submit(req("mean"))
+    clock.t += 125
+    buttons(panel, "Refresh")[0].click()
+    assert "2m 05s ago" in texts(panel)
+    assert [format_age(s) for s in (-1, 42, 185, 7620)] == ["0s", "42s", "3m 05s", "2h 07m"]
