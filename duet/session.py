@@ -15,8 +15,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import connect, loop
-from .errors import ConnectionError, DuetError, SignalingError
+from .errors import ConnectionError, DuetError, PermissionDenied, SignalingError
 from .identity import Identity
+from .owner import OwnerService, error_header
+from .remote.client import periodic_release, raise_remote
+from .scientist import ScientistService
 from .signaling import codes
 from .signaling.client import SignalingClient
 from .transport import Channel, Message
@@ -65,7 +68,16 @@ async def _ensure_server(client: SignalingClient, url: str) -> None:
 class Duet:
     """One side of a session. Build it with :func:`launch_duet` (owner) or :func:`join_duet` (scientist)."""
 
-    def __init__(self, role: str, session_id: str, *, name: str, signaling_url: str, timeout: float | None) -> None:
+    def __init__(
+        self,
+        role: str,
+        session_id: str,
+        *,
+        name: str,
+        signaling_url: str,
+        timeout: float | None,
+        **owner_options: Any,
+    ) -> None:
         self.role = role
         self.session_id = session_id
         self.name = name
@@ -85,6 +97,53 @@ class Duet:
         self._started = time.monotonic()
         self._on_close_callbacks: list[Callable[[str], None]] = []
         self.handlers: dict[str, Callable[[Message], Any]] = {"echo": self._on_echo, "error": self._on_error}
+        self._owner: OwnerService | None = None
+        self._scientist: ScientistService | None = None
+        self._stop = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        if role == "owner":
+            self._owner = OwnerService(requester=self._peer_label, **owner_options)
+            self.handlers.update(self._owner.handlers())
+        else:
+            self._scientist = ScientistService(lambda: self.channel, self._peer_label)
+            self.handlers.update(self._scientist.handlers())
+
+    def _peer_label(self) -> str:
+        return f"{self.peer.name} ({self.peer.fingerprint})" if self.peer else "unknown"
+
+    # ---- the role's parts ----------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Any:
+        """Owner: the Store (publish, remove, pandas). Scientist: the owner's published objects, as pointers."""
+        return self._owner.store if self._owner else self._part("store")
+
+    @property
+    def requests(self) -> Any:
+        """Owner: the request queue. Scientist: its own requests and their status."""
+        return self._owner.requests if self._owner else self._part("requests")
+
+    @property
+    def log(self) -> Any:
+        """Owner: every remote call the scientist ran (``d.log.pandas``)."""
+        if self._owner is None:
+            raise AttributeError("the activity log is the owner's")
+        return self._owner.log
+
+    @property
+    def torch(self) -> Any:
+        """Scientist: remote torch (``d.torch.nn.Linear(...)``)."""
+        return self._part("torch")
+
+    @property
+    def python(self) -> Any:
+        """Scientist: remote Python values (``d.python.Float(0)``)."""
+        return self._part("python")
+
+    def _part(self, name: str) -> Any:
+        if self._scientist is None:
+            raise AttributeError(f"d.{name} is on the scientist's side")
+        return getattr(self._scientist, name)
 
     # ---- status and display ----------------------------------------------------------------------
 
@@ -102,6 +161,8 @@ class Duet:
         return {"role": self.role, "peer": peer, "status": self.status, **self._extra_summary()}
 
     def _extra_summary(self) -> dict[str, str]:
+        if self._owner is not None:
+            return {"objects": str(len(self._owner.store)), "pending requests": str(len(self._owner.requests))}
         return {}
 
     def __repr__(self) -> str:
@@ -147,6 +208,20 @@ class Duet:
         finally:
             await self._client.close()
         self._attach(pc, dc, peer)
+        reply = await self.channel.request({"t": "hello"}, timeout=self._timeout or 30.0)
+        if reply.header.get("t") != "welcome":
+            await self.channel.close("join refused")
+            try:
+                raise_remote(reply.header)
+            except DuetError:
+                raise
+        assert self._scientist is not None
+        self._own(periodic_release(self._scientist.remote, self._stop))
+
+    def _own(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _attach(self, pc: Any, dc: Any, peer: connect.PeerInfo) -> None:
         self.peer = peer
@@ -154,6 +229,8 @@ class Duet:
             pc, dc, on_message=self._dispatch, on_close=self._on_channel_close, max_message=peer.max_message
         )
         self._channel.start()
+        if self._owner is not None:
+            self._owner.start()
         self._status = "connected"
         self.connect_seconds = time.monotonic() - self._started
         self._connected.set()
@@ -183,6 +260,30 @@ class Duet:
             raise ConnectionError(f"the session is {self._status}")
         return self
 
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until the session is closed (by either side, or the peer is lost). True if it closed."""
+
+        async def wait() -> None:
+            while self._status != "closed":
+                closed = asyncio.Event()
+                self._on_close_callbacks.append(lambda _reason: closed.set())
+                if self._status == "closed":
+                    return
+                await closed.wait()
+
+        try:
+            loop.run(asyncio.wait_for(wait(), timeout))
+        except (asyncio.TimeoutError, DuetError):
+            return self._status == "closed"
+        return True
+
+    @property
+    def close_reason(self) -> str:
+        """Why the session ended ('' while it runs)."""
+        if self._channel is not None and self._channel.closed:
+            return self._channel.close_reason
+        return str(self._error or "")
+
     def close(self) -> None:
         """End the session on both sides (idempotent)."""
         if self._closing:
@@ -201,6 +302,11 @@ class Duet:
                     pass
         if self._channel is not None:
             await self._channel.close("closed by the " + self.role)
+        self._stop.set()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._owner is not None:
+            await self._owner.stop()
+            self._owner.close()
         self._status = "closed"
         self._connected.set()
 
@@ -263,14 +369,25 @@ def launch_duet(
     timeout: float | None = None,
     name: str = "owner",
     quiet: bool = False,
-    duet_class: type[Duet] | None = None,
-    **kwargs: Any,
+    approve_join: bool = False,
+    db_path: str | os.PathLike[str] | None = None,
+    quotas: Any = None,
+    allowlist: Any = None,
 ) -> Duet:
     """Owner: start a session and return at once; prints the session ID to share."""
     url = _signaling_url(signaling_url)
     session_id = codes.new_session_id()
-    cls = duet_class or Duet
-    d = cls("owner", session_id, name=name, signaling_url=url, timeout=timeout, **kwargs)
+    d = Duet(
+        "owner",
+        session_id,
+        name=name,
+        signaling_url=url,
+        timeout=timeout,
+        approve_join=approve_join,
+        db_path=db_path,
+        quotas=quotas,
+        allowlist=allowlist,
+    )
     loop.run(d._start_owner(ice_servers), timeout=30)
     if loopback:
         path = _loopback_file()
@@ -296,8 +413,6 @@ def join_duet(
     ice_servers: connect.IceServers = None,
     timeout: float = 30.0,
     name: str = "scientist",
-    duet_class: type[Duet] | None = None,
-    **kwargs: Any,
 ) -> Duet:
     """Scientist: join the owner's session; blocks until the data channel is open."""
     if session_id is None:
@@ -310,7 +425,6 @@ def join_duet(
                 "no loopback session found: run duet.launch_duet(loopback=True) in the owner's notebook first"
             ) from exc
     session_id = codes.normalize_session_id(session_id)
-    cls = duet_class or Duet
-    d = cls("scientist", session_id, name=name, signaling_url=_signaling_url(signaling_url), timeout=timeout, **kwargs)
+    d = Duet("scientist", session_id, name=name, signaling_url=_signaling_url(signaling_url), timeout=timeout)
     loop.run(d._start_scientist(ice_servers), timeout=timeout + 5)
     return d

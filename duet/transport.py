@@ -8,8 +8,11 @@ Every duet frame (see :mod:`duet.wire`) is cut into data-channel messages no lar
      +-------+---------------+---------------------------+
      flags: bit 0 = first part of a frame, bit 1 = last part
 
-Small frames (one message) travel in an urgent lane ahead of bulk frames, so a request's decision or a
-heartbeat is not stuck behind a 64 MB tensor; bulk frames are interleaved part by part. Sending waits on
+Three lanes share the channel. Ordered frames (calls, requests: anything whose effect depends on what
+came before) go first-in first-out, one frame after the other, so the peer sees them in the order they were
+sent. Unordered frames (replies, heartbeats) that fit one message jump ahead of everything; larger ones (a
+value being released) are interleaved part by part with each other and with the ordered lane, so a decision
+or a heartbeat is never stuck behind a 64 MB tensor. Sending waits on
 the channel's ``bufferedamountlow`` event whenever ``bufferedAmount`` is above the high-water mark.
 Replies are matched to requests by correlation id (``dict[id, Future]``), each with a timeout. The peer's
 liveness is watched through the connection state *and* a heartbeat: a peer silent for ``dead_after``
@@ -88,7 +91,9 @@ class Channel:
         self._streams = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self._urgent: collections.deque[bytes] = collections.deque()
+        self._ordered: collections.deque[_Outgoing] = collections.deque()
         self._bulk: collections.deque[_Outgoing] = collections.deque()
+        self._turn = 0
         self._partial: dict[int, bytearray] = {}
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
         self._wake = asyncio.Event()
@@ -155,17 +160,17 @@ class Channel:
 
     # ---- sending ---------------------------------------------------------------------------------
 
-    def send(self, header: dict[str, Any], buffers: Sequence[wire.Buffer] = ()) -> None:
+    def send(self, header: dict[str, Any], buffers: Sequence[wire.Buffer] = (), *, ordered: bool = True) -> None:
         """Queue a frame (non-blocking). Raises ConnectionError if the channel is closed."""
         if self._closed:
             raise ConnectionError(f"the session is closed ({self.close_reason})")
         segments = wire.pack_segments(header, buffers)
         size = sum(len(s) for s in segments)
-        if size <= self._part_size:
+        if not ordered and size <= self._part_size:
             payload = segments[0] if len(segments) == 1 else b"".join(segments)
             self._urgent.append(_PART.pack(_FIRST | _LAST, 0) + bytes(payload))
         else:
-            self._bulk.append(_Outgoing(next(self._streams), segments, size))
+            (self._ordered if ordered else self._bulk).append(_Outgoing(next(self._streams), segments, size))
         self._wake.set()
 
     async def request(
@@ -186,7 +191,7 @@ class Channel:
     async def _sender(self) -> None:
         dc = self._dc
         while not self._closed:
-            if not self._urgent and not self._bulk:
+            if not self._urgent and not self._bulk and not self._ordered:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -198,12 +203,19 @@ class Channel:
             if self._urgent:
                 data = self._urgent.popleft()
             else:
-                out = self._bulk[0]
-                data = out.next_part(self._part_size)
-                if out.done:
-                    self._bulk.popleft()
+                self._turn ^= 1
+                if self._ordered and (self._turn or not self._bulk):
+                    out = self._ordered[0]
+                    data = out.next_part(self._part_size)
+                    if out.done:
+                        self._ordered.popleft()
                 else:
-                    self._bulk.rotate(-1)
+                    out = self._bulk[0]
+                    data = out.next_part(self._part_size)
+                    if out.done:
+                        self._bulk.popleft()
+                    else:
+                        self._bulk.rotate(-1)
             try:
                 dc.send(data)
             except Exception as exc:  # noqa: BLE001 - aiortc raises InvalidStateError and others
@@ -211,7 +223,7 @@ class Channel:
                 return
             self.bytes_sent += len(data)
             self._last_sent = time.monotonic()
-            if self._bulk and not self._urgent:
+            if (self._bulk or self._ordered) and not self._urgent:
                 await asyncio.sleep(0)  # let incoming traffic and heartbeats through between parts
 
     # ---- receiving -------------------------------------------------------------------------------
@@ -274,7 +286,7 @@ class Channel:
     def _protocol_error(self, what: str) -> None:
         log.warning("dropped malformed input from the peer: %s", what)
         if not self._closed:
-            self.send({"t": "error", "kind": "ProtocolError", "message": what[:500]})
+            self.send({"t": "error", "kind": "ProtocolError", "message": what[:500]}, ordered=False)
 
     async def _dispatcher(self) -> None:
         """Hand messages to the session one at a time, in arrival order (calls are pipelined)."""
@@ -298,7 +310,7 @@ class Channel:
                 await self._pc.close()
                 return
             if now - self._last_sent >= self._heartbeat and not self._urgent:
-                self.send({"t": "hb"})
+                self.send({"t": "hb"}, ordered=False)
 
 
 class _Outgoing:

@@ -44,6 +44,22 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"msgpack extension type {code} is not allowed")
 
 
+def _str_keys(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    for key, value in pairs:
+        if type(key) is not str:
+            raise ProtocolError("message maps must have string keys")
+        if type(value) is msgpack.Timestamp:
+            raise ProtocolError("msgpack timestamps are not allowed")
+    return dict(pairs)
+
+
+def _no_timestamps(items: list[Any]) -> list[Any]:
+    for item in items:
+        if type(item) is msgpack.Timestamp:
+            raise ProtocolError("msgpack timestamps are not allowed")
+    return items
+
+
 def pack_segments(header: Any, buffers: Sequence[Buffer] = ()) -> list[Buffer]:
     """Encode a frame as a list of segments (the buffers are referenced, not copied)."""
     if len(buffers) > MAX_BUFFERS:
@@ -96,11 +112,15 @@ def unpack(data: Buffer, *, max_size: int | None = None) -> tuple[Any, list[memo
             use_list=True,
             ext_hook=_no_ext,
             timestamp=0,
+            object_pairs_hook=_str_keys,
+            list_hook=_no_timestamps,
         )
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises several types on malformed input
         raise ProtocolError(f"malformed frame header: {exc}") from exc
+    if type(header) is msgpack.Timestamp:
+        raise ProtocolError("msgpack timestamps are not allowed")
     pos += head_len
     buffers = []
     for n in lengths:

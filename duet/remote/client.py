@@ -1,0 +1,363 @@
+"""The scientist's side of remote execution: id allocation, op batching, blocking gets and requests.
+
+Calls are pipelined: each call allocates its result's id here, queues an op and returns a pointer at once.
+Ops queued in the same loop tick travel in one frame. Releases from garbage-collected pointers are queued
+without any I/O (a deque append from the finalizer) and ride with the next batch or the periodic flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import itertools
+import threading
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .. import codec, loop
+from ..errors import (
+    ConnectionError,
+    DuetError,
+    PermissionDenied,
+    ProtocolError,
+    QuotaExceeded,
+    RemoteError,
+    RequestDenied,
+    RequestTimeout,
+)
+from .allowlist import DEFAULT_ALLOWLIST
+from .pointer import Pointer
+
+if TYPE_CHECKING:
+    from ..transport import Channel, Message
+
+__all__ = ["Remote", "RequestHandle", "raise_remote"]
+
+_ERRORS: dict[str, type[DuetError]] = {
+    "PermissionDenied": PermissionDenied,
+    "QuotaExceeded": QuotaExceeded,
+    "ProtocolError": ProtocolError,
+    "RequestDenied": RequestDenied,
+    "RequestTimeout": RequestTimeout,
+}
+
+
+@functools.cache
+def _prefixes() -> frozenset[str]:
+    """Every dotted path on the default allowlist and its parents (``torch.nn`` for ``torch.nn.Linear``)."""
+    paths = [p for family in DEFAULT_ALLOWLIST.tables()["functions"].values() for p in family]
+    return frozenset(p.rsplit(".", i)[0] for p in paths for i in range(p.count(".") + 1))
+
+
+@functools.cache
+def _property_names() -> frozenset[str]:
+    return frozenset(n for names in DEFAULT_ALLOWLIST.tables()["properties"].values() for n in names)
+
+
+def raise_remote(header: dict[str, Any]) -> None:
+    """Raise the error a reply carries, as the duet class it names, else as RemoteError."""
+    kind, message = str(header.get("kind", "RemoteError")), str(header.get("message", ""))
+    cls = _ERRORS.get(kind)
+    if cls is not None:
+        raise cls(message)
+    raise RemoteError(kind, message)
+
+
+class RequestHandle:
+    """A request for a value: ``.status`` is pending, accepted, denied or expired; ``.wait()`` gives the value."""
+
+    def __init__(self, name: str, reason: str, pointer: Pointer) -> None:
+        self.name, self.reason = name, reason
+        self.object_id = pointer._duet_id
+        self.status = "pending"
+        self.deny_reason = ""
+        self.value: Any = None
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def _settle(self, status: str, value: Any = None, reason: str = "", error: BaseException | None = None) -> None:
+        self.status, self.value, self.deny_reason, self._error = status, value, reason, error
+        self._done.set()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until decided; returns the value (None if denied or expired)."""
+        if not self._done.wait(timeout):
+            raise RequestTimeout(f"request {self.name!r} not decided within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"<Request {self.name!r} {self.status}>"
+
+
+class Remote:
+    """Everything the scientist's pointers need: one per session."""
+
+    def __init__(self, channel_of: Callable[[], Channel], peer_name: Callable[[], str]) -> None:
+        self._channel_of = channel_of
+        self._ids = itertools.count(1)
+        self._ops: collections.deque[tuple[dict[str, Any], list[Any]]] = collections.deque()
+        self._releases: collections.deque[str] = collections.deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self.requests: list[RequestHandle] = []
+        self.failures: dict[str, RemoteError] = {}
+        self.ops_sent = 0
+
+    # ---- ids, encoding, queueing -------------------------------------------------------------------
+
+    def new_id(self) -> str:
+        return f"s{next(self._ids)}"
+
+    @staticmethod
+    def _pointer_id(obj: Any) -> str | None:
+        return obj._duet_id if isinstance(obj, Pointer) else None
+
+    def _encode(self, value: Any, buffers: list[Any]) -> Any:
+        try:
+            return codec.encode(value, buffers, pointer_id=self._pointer_id)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"cannot send this argument to the owner: {exc}") from exc
+
+    def _queue(self, op: dict[str, Any], buffers: list[Any]) -> None:
+        if buffers:
+            op["b"] = [0, len(buffers)]
+        with self._lock:
+            self._ops.append((op, buffers))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        loop.get_loop().call_soon_threadsafe(self._flush)
+
+    def _release(self, oid: str) -> None:
+        self._releases.append(oid)  # from a finalizer: no lock, no I/O
+
+    def _flush(self) -> None:
+        """(loop thread) Send every queued op, then the releases, in one frame."""
+        with self._lock:
+            self._scheduled = False
+            batch = list(self._ops)
+            self._ops.clear()
+        releases = []
+        while self._releases:
+            releases.append(self._releases.popleft())
+        ops, buffers = [], []
+        for op, bufs in batch:
+            if bufs:
+                op["b"] = [len(buffers), len(bufs)]
+                buffers.extend(bufs)
+            ops.append(op)
+        if releases:
+            ops.append({"k": "del", "ids": releases})
+        if not ops:
+            return
+        try:
+            self._channel_of().send({"t": "ops", "ops": ops}, buffers)
+            self.ops_sent += len(ops)
+        except ConnectionError:
+            pass  # the session is over; the blocking call that follows will say so
+
+    def flush_releases(self) -> None:
+        """(loop thread) Periodic: send releases that no batch carried."""
+        if self._releases and not self._scheduled:
+            self._flush()
+
+    def _new_pointer(self, oid: str) -> Pointer:
+        return Pointer(self, oid)
+
+    # ---- building ops --------------------------------------------------------------------------------
+
+    def call(self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Pointer:
+        buffers: list[Any] = []
+        op = {"k": "call", "p": path, "a": self._encode(list(args), buffers), "kw": self._encode(kwargs, buffers)}
+        return self._emit(op, buffers)
+
+    def method(self, ptr: Pointer, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Pointer:
+        buffers: list[Any] = []
+        op: dict[str, Any] = {"k": "meth", "s": ptr._duet_id, "n": name}
+        if args:
+            op["a"] = self._encode(list(args), buffers)
+        if kwargs:
+            op["kw"] = self._encode(kwargs, buffers)
+        return self._emit(op, buffers)
+
+    def attr(self, ptr: Pointer, name: str) -> Pointer:
+        return self._emit({"k": "attr", "s": ptr._duet_id, "n": name}, [])
+
+    def python(self, name: str, args: tuple[Any, ...]) -> Pointer:
+        buffers: list[Any] = []
+        return self._emit({"k": "py", "n": name, "a": self._encode(list(args), buffers)}, buffers)
+
+    def send_value(self, value: Any) -> Pointer:
+        buffers: list[Any] = []
+        return self._emit({"k": "put", "v": self._encode(value, buffers)}, buffers)
+
+    def container(self, children: dict[str, Pointer]) -> Pointer:
+        return self._emit({"k": "mod", "c": {k: p._duet_id for k, p in children.items()}}, [])
+
+    def context(self, path: str, enter: bool) -> None:
+        self._queue({"k": "ctx", "p": path, "e": enter}, [])
+
+    def _emit(self, op: dict[str, Any], buffers: list[Any]) -> Pointer:
+        oid = self.new_id()
+        op["o"] = oid
+        ptr = self._new_pointer(oid)
+        self._queue(op, buffers)
+        return ptr
+
+    # ---- local checks (the owner checks again: these only fail early) ---------------------------------
+
+    def check_path(self, path: str) -> None:
+        if path not in _prefixes():
+            raise PermissionDenied(f"{path} is not on the allowlist")
+
+    def is_context(self, path: str) -> bool:
+        return DEFAULT_ALLOWLIST.is_context(path)
+
+    def check_python_type(self, name: str) -> None:
+        DEFAULT_ALLOWLIST.python_type(name)
+
+    @staticmethod
+    def local_constant(path: str) -> Any:
+        """``d.torch.float32`` is just ``torch.float32``: dtypes are data, not remote objects."""
+        parts = path.split(".")
+        if len(parts) == 2 and isinstance(value := getattr(torch, parts[1], None), torch.dtype):
+            return value
+        return None
+
+    def is_property(self, ptr: Pointer, name: str) -> bool:
+        return name in _property_names()
+
+    # ---- blocking calls --------------------------------------------------------------------------------
+
+    def _request_sync(self, header: dict[str, Any], timeout: float) -> Message:
+        async def go() -> Message:
+            self._flush()
+            return await self._channel_of().request(header, timeout=timeout)
+
+        return loop.run(go())
+
+    def metadata(self, ptr: Pointer) -> dict[str, Any]:
+        reply = self._request_sync({"t": "meta", "o": ptr._duet_id}, timeout=60)
+        if reply.header.get("t") == "error":
+            raise_remote(reply.header)
+        meta = reply.header.get("meta")
+        if not isinstance(meta, dict):
+            raise ProtocolError("the owner sent no metadata")
+        return meta
+
+    def store_listing(self) -> list[dict[str, Any]]:
+        reply = self._request_sync({"t": "store"}, timeout=60)
+        items = reply.header.get("items")
+        if not isinstance(items, list):
+            raise ProtocolError("the owner sent no store listing")
+        return [i for i in items if isinstance(i, dict)]
+
+    def request(self, ptr: Pointer, *, name: str, reason: str, timeout_secs: float | None) -> RequestHandle:
+        handle = RequestHandle(name, reason, ptr)
+        self.requests.append(handle)
+        header = {
+            "t": "req",
+            "o": ptr._duet_id,
+            "name": str(name),
+            "reason": str(reason),
+            "timeout": -1 if timeout_secs is None else float(timeout_secs),
+            "block": True,
+            "delete": False,
+        }
+        wait = None if timeout_secs is None or timeout_secs < 0 else timeout_secs + 30
+
+        async def go() -> None:
+            self._flush()
+            try:
+                reply = await self._channel_of().request(header, timeout=wait)
+                self._settle(handle, reply, strict=False)
+            except Exception as exc:  # noqa: BLE001 - kept on the handle, raised by wait()
+                handle._settle("failed", error=exc)
+
+        fut = loop.submit(go())
+        handle._future = fut  # type: ignore[attr-defined]  # keeps the task referenced
+        return handle
+
+    def get(
+        self,
+        ptr: Pointer,
+        *,
+        request_block: bool,
+        name: str,
+        reason: str,
+        timeout_secs: float,
+        delete_obj: bool,
+        strict: bool,
+    ) -> Any:
+        handle = RequestHandle(name, reason, ptr)
+        self.requests.append(handle)
+        header = {
+            "t": "req",
+            "o": ptr._duet_id,
+            "name": str(name),
+            "reason": str(reason),
+            "timeout": float(timeout_secs),
+            "block": bool(request_block),
+            "delete": bool(delete_obj),
+        }
+        wait = None if timeout_secs < 0 else float(timeout_secs) + 30
+        reply = self._request_sync(header, timeout=wait if wait is not None else 10 * 365 * 86400)
+        return self._settle(handle, reply, strict=strict or not request_block, blocking=request_block)
+
+    def _settle(self, handle: RequestHandle, reply: Message, *, strict: bool, blocking: bool = True) -> Any:
+        h = reply.header
+        if h.get("t") == "error":
+            try:
+                raise_remote(h)
+            except DuetError as exc:
+                handle._settle("failed", error=exc)
+                raise
+        status = h.get("status")
+        if status == "accepted":
+            value = codec.decode(h.get("v"), reply.buffers)
+            handle._settle("accepted", value)
+            return value
+        reason = str(h.get("reason", ""))[:500]
+        if status == "denied":
+            handle._settle("denied", reason=reason)
+            if not blocking:
+                raise PermissionDenied(
+                    f"no grant for this value{': ' + reason if reason else ''}: "
+                    "call .get(request_block=True, ...) to ask the owner"
+                )
+            if strict:
+                raise RequestDenied(f"request {handle.name!r} was denied{': ' + reason if reason else ''}")
+            warnings.warn(f"request {handle.name!r} was denied{': ' + reason if reason else ''}", stacklevel=4)
+            return None
+        if status == "expired":
+            handle._settle("expired", reason=reason)
+            if strict:
+                raise RequestTimeout(f"request {handle.name!r} was not decided in time")
+            warnings.warn(f"request {handle.name!r} was not decided in time (expired)", stacklevel=4)
+            return None
+        raise ProtocolError(f"unexpected request status {status!r}")
+
+    # ---- notices from the owner ------------------------------------------------------------------------
+
+    def on_failed(self, msg: Message) -> None:
+        oid = msg.header.get("o")
+        error = RemoteError(str(msg.header.get("kind", "")), str(msg.header.get("message", "")))
+        if isinstance(oid, str):
+            self.failures[oid] = error
+        if len(self.failures) > 10_000:
+            self.failures.pop(next(iter(self.failures)))
+
+
+async def periodic_release(remote: Remote, stop: asyncio.Event, every: float = 0.25) -> None:
+    """Send releases of collected pointers even when no call is being made."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), every)
+        except asyncio.TimeoutError:
+            remote.flush_releases()

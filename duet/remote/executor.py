@@ -1,0 +1,370 @@
+"""The owner's executor: every remote call passes through :meth:`Executor.run_ops`, checked and logged.
+
+One op is a dict the scientist sent (see docs/protocol.md)::
+
+    {"k": "call", "o": out, "p": "torch.add", "a": args, "kw": kwargs}   a function or class on the allowlist
+    {"k": "meth", "o": out, "s": self_id, "n": "add", "a": ..., "kw": ...} a method of an object in the store
+    {"k": "attr", "o": out, "s": self_id, "n": "grad"}                    a property
+    {"k": "py",   "o": out, "n": "Float", "a": ...}                      a remote Python value
+    {"k": "put",  "o": out, "v": value}                                   a value the scientist sends
+    {"k": "mod",  "o": out, "c": {"fc1": id, ...}}                        a container of remote modules
+    {"k": "ctx",  "p": "torch.no_grad", "e": true|false}                  enter / leave a grad mode
+    {"k": "del",  "ids": [...]}                                           pointers the scientist dropped
+
+Arguments decode through :mod:`duet.codec` (data only; pointers resolve to the owner's own store). A
+failing op stores its error under its result id, so every later op that uses it fails the same way and the
+scientist sees it on the next blocking call that depends on it.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import codec
+from ..errors import DuetError, PermissionDenied, ProtocolError, QuotaExceeded, RemoteError
+from .allowlist import DEFAULT_ALLOWLIST, Allowlist
+from .store import Entry, Quotas, Store
+
+__all__ = ["Executor", "ActivityLog", "Container"]
+
+LOG_COLUMNS = ["time", "path", "args", "result_type", "result_shape", "status", "duration_ms"]
+_NO_DRY_RUN = frozenset({"backward", "item", "tolist", "numel", "size", "dim", "__len__", "__setitem__"})
+_MAX_CTX = 32
+
+
+class Container(torch.nn.Module):
+    """A module the owner builds to hold the scientist's remote layers by name (no code of theirs)."""
+
+    def forward(self, *args: Any) -> Any:
+        raise RemoteError("NotImplementedError", "a duet module's forward runs on the scientist's side")
+
+
+@dataclass
+class _Row:
+    time: dt.datetime
+    path: str
+    args: str
+    result_type: str
+    result_shape: str
+    status: str
+    duration_ms: float
+
+
+class ActivityLog:
+    """Every op the scientist ran, newest last (bounded; ``total`` counts all)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._rows: collections.deque[_Row] = collections.deque(maxlen=limit)
+        self.total = 0
+        self.failed = 0
+
+    def add(self, row: _Row) -> None:
+        self._rows.append(row)
+        self.total += 1
+        self.failed += row.status != "ok"
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def pandas(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame([r.__dict__ for r in list(self._rows)], columns=LOG_COLUMNS)
+
+    def summary(self) -> dict[str, Any]:
+        paths = collections.Counter(r.path for r in list(self._rows))
+        return {"calls": self.total, "failed": self.failed, "most_used": paths.most_common(5)}
+
+
+def _kind(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"Tensor{list(x.shape)}"
+    if isinstance(x, (list, tuple)):
+        return type(x).__name__ + "[" + ",".join(_kind(v) for v in x[:4]) + (",…" if len(x) > 4 else "") + "]"
+    if isinstance(x, dict):
+        return f"dict[{len(x)}]"
+    return type(x).__name__
+
+
+class Executor:
+    """Runs the scientist's ops against the store, through the allowlist and the quotas."""
+
+    def __init__(self, store: Store, allowlist: Allowlist | None = None, quotas: Quotas | None = None) -> None:
+        self.store = store
+        self.allowlist = allowlist or DEFAULT_ALLOWLIST
+        self.quotas = quotas or store.quotas
+        self.log = ActivityLog()
+        self._grad_stack: list[bool] = []
+        self._lock = threading.Lock()
+        self._table: dict[str, Callable[[dict[str, Any], Sequence[Any]], tuple[str, Any, set[str]]]] = {
+            "call": self._call,
+            "meth": self._meth,
+            "attr": self._attr,
+            "py": self._py,
+            "put": self._put,
+            "mod": self._mod,
+        }
+
+    # ---- entry point -------------------------------------------------------------------------------
+
+    def run_ops(self, ops: Any, buffers: Sequence[Any]) -> list[tuple[str, RemoteError]]:
+        """Run a batch in order (in the executor's own thread); returns the ops that failed, by result id."""
+        if not isinstance(ops, list):
+            raise ProtocolError("ops must be a list")
+        failures = []
+        with self._lock:
+            self._claimed = 0  # ops take consecutive, disjoint ranges of the frame's buffers
+            for op in ops:
+                failed = self._run_one(op, buffers)
+                if failed is not None:
+                    failures.append(failed)
+        return failures
+
+    def _run_one(self, op: Any, buffers: Sequence[Any]) -> tuple[str, RemoteError] | None:
+        if not isinstance(op, dict) or not isinstance(op.get("k"), str):
+            return None
+        kind = op["k"]
+        if kind == "del":
+            ids = op.get("ids")
+            for oid in ids if isinstance(ids, list) else ():
+                self.store.release(oid)
+            return None
+        start = time.perf_counter()
+        path = str(op.get("p") or op.get("n") or kind)[:200]
+        out = op.get("o")
+        try:
+            if kind == "ctx":
+                self._ctx(op)
+                result, tags, args_text = None, set(), ""
+            else:
+                handler = self._table.get(kind)
+                if handler is None:
+                    raise ProtocolError(f"unknown op {kind!r}")
+                bufs = self._slice(op, buffers)
+                path, result, tags = handler(op, bufs)
+                args_text = getattr(self, "_last_args", "")
+            elapsed = time.perf_counter() - start
+            if elapsed > self.quotas.call_seconds:
+                raise QuotaExceeded(f"{path} ran {elapsed:.1f} s, over the {self.quotas.call_seconds:.0f} s limit")
+            self._check_size(result)
+            if kind != "ctx":
+                entry = self.store.put(out, result, tags)
+                self._record(path, args_text, entry, "ok", start)
+            else:
+                self._record(path, "", None, "ok", start)
+            return None
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the scientist's RemoteError
+            error = self._as_remote(exc)
+            self._record(path, getattr(self, "_last_args", ""), None, f"{error.remote_type}", start)
+            if isinstance(out, str) and kind != "ctx":
+                try:
+                    self.store.put(out, None, (), error=error)
+                except DuetError:
+                    pass
+                return out, error
+            return "", error
+
+    def _as_remote(self, exc: Exception) -> RemoteError:
+        if isinstance(exc, RemoteError):
+            return exc
+        detail = str(exc)[:1000] if self.quotas.error_detail or isinstance(exc, DuetError) else ""
+        return RemoteError(type(exc).__name__, detail)
+
+    def _record(self, path: str, args: str, entry: Entry | None, status: str, start: float) -> None:
+        meta = entry.meta if entry is not None else {}
+        self.log.add(
+            _Row(
+                dt.datetime.now(dt.timezone.utc),
+                path,
+                args,
+                str(meta.get("type") or ""),
+                str(meta.get("shape") or ""),
+                status,
+                round((time.perf_counter() - start) * 1000, 3),
+            )
+        )
+
+    # ---- decoding ----------------------------------------------------------------------------------
+
+    def _slice(self, op: dict[str, Any], buffers: Sequence[Any]) -> Sequence[Any]:
+        """This op's buffers; each buffer of a frame belongs to one op, and backs one tensor at most."""
+        self._used: set[int] = set()
+        b = op.get("b")
+        if b is None:
+            return ()
+        if not (isinstance(b, list) and len(b) == 2 and all(type(i) is int and i >= 0 for i in b)):
+            raise ProtocolError("bad buffer range in op")
+        if b[0] < self._claimed or b[0] + b[1] > len(buffers):
+            raise ProtocolError("op refers to buffers the frame does not have, or that another op took")
+        self._claimed = b[0] + b[1]
+        return buffers[b[0] : b[0] + b[1]]
+
+    def _decode(self, tree: Any, bufs: Sequence[Any], tags: set[str]) -> Any:
+        def resolve(oid: str) -> Any:
+            entry = self.store.get(oid)
+            if entry.error is not None:
+                raise entry.error
+            tags.update(entry.tags)
+            return entry.obj
+
+        return codec.decode(
+            tree, bufs, make_pointer=resolve, max_tensor_bytes=self.quotas.tensor_bytes, used=self._used
+        )
+
+    def _args(self, op: dict[str, Any], bufs: Sequence[Any], tags: set[str]) -> tuple[list[Any], dict[str, Any]]:
+        args = self._decode(op.get("a", None), bufs, tags) if op.get("a") is not None else []
+        kwargs = self._decode(op.get("kw", None), bufs, tags) if op.get("kw") is not None else {}
+        if isinstance(args, tuple):
+            args = list(args)
+        if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise ProtocolError("arguments must be a list and keyword arguments a dict with string keys")
+        self._last_args = ", ".join([_kind(a) for a in args] + [f"{k}={_kind(v)}" for k, v in kwargs.items()])[:300]
+        return args, kwargs
+
+    def _self(self, op: dict[str, Any], tags: set[str]) -> Any:
+        entry = self.store.get(op.get("s"))
+        if entry.error is not None:
+            raise entry.error
+        tags.update(entry.tags)
+        return entry.obj
+
+    # ---- op kinds ----------------------------------------------------------------------------------
+
+    def _call(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
+        path = op.get("p")
+        if not isinstance(path, str):
+            raise ProtocolError("a call needs a dotted path")
+        fn = self.allowlist.resolve_function(path)
+        tags: set[str] = set()
+        args, kwargs = self._args(op, bufs, tags)
+        self.allowlist.check_arguments(path, args, kwargs)
+        if isinstance(fn, type) and issubclass(fn, torch.nn.Module):
+            self._dry_run(fn, args, {**kwargs, "device": "meta"}, path, module=True)
+        else:
+            self._dry_run(fn, args, kwargs, path)
+        return path, self.allowlist.call_function(path, args, kwargs), tags
+
+    def _meth(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
+        tags: set[str] = set()
+        obj = self._self(op, tags)
+        name = op.get("n")
+        if not isinstance(name, str):
+            raise ProtocolError("a method call needs a name")
+        self.allowlist.check_method(obj, name)
+        args, kwargs = self._args(op, bufs, tags)
+        path = f"{type(obj).__name__}.{name}"
+        if isinstance(obj, torch.Tensor) and name not in _NO_DRY_RUN:
+            self._dry_run(getattr(torch.Tensor, name), [obj, *args], kwargs, path)
+        return path, self.allowlist.call_method(obj, name, args, kwargs), tags
+
+    def _attr(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
+        tags: set[str] = set()
+        obj = self._self(op, tags)
+        name = op.get("n")
+        if not isinstance(name, str):
+            raise ProtocolError("a property needs a name")
+        return f"{type(obj).__name__}.{name}", self.allowlist.get_property(obj, name), tags
+
+    def _py(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
+        name = op.get("n")
+        if not isinstance(name, str):
+            raise ProtocolError("a remote Python value needs a type name")
+        cls = self.allowlist.python_type(name)
+        tags: set[str] = set()
+        args, kwargs = self._args(op, bufs, tags)
+        if kwargs or len(args) > 1:
+            raise PermissionDenied(f"python.{name} takes at most one positional argument")
+        return f"python.{name}", cls(*args), tags
+
+    def _put(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
+        tags: set[str] = set()
+        value = self._decode(op.get("v"), bufs, tags)
+        self._last_args = _kind(value)
+        return "send", value, tags
+
+    def _mod(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
+        children = op.get("c")
+        if not isinstance(children, dict) or len(children) > 10_000:
+            raise ProtocolError("a module container needs a dict of children")
+        tags: set[str] = set()
+        container = Container()
+        for name, oid in children.items():
+            if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+                raise PermissionDenied(f"refused module attribute name {str(name)[:40]!r}")
+            entry = self.store.get(oid)
+            if entry.error is not None:
+                raise entry.error
+            if not isinstance(entry.obj, torch.nn.Module):
+                raise ProtocolError(f"child {name!r} is not a module")
+            tags.update(entry.tags)
+            container.add_module(name, entry.obj)
+        self._last_args = f"{len(children)} children"
+        return "Module", container, tags
+
+    def _ctx(self, op: dict[str, Any]) -> None:
+        path, enter = op.get("p"), op.get("e")
+        if not isinstance(path, str) or not self.allowlist.is_context(path):
+            raise PermissionDenied(f"{str(path)[:80]!r} is not an allowed context")
+        if enter:
+            if len(self._grad_stack) >= _MAX_CTX:
+                raise QuotaExceeded("too many nested contexts")
+            self._grad_stack.append(torch.is_grad_enabled())
+            torch.set_grad_enabled(path.endswith("enable_grad"))
+        elif self._grad_stack:
+            torch.set_grad_enabled(self._grad_stack.pop())
+
+    # ---- quotas --------------------------------------------------------------------------------------
+
+    def _dry_run(self, fn: Any, args: list[Any], kwargs: dict[str, Any], path: str, module: bool = False) -> None:
+        """Run the call on torch's meta device first, so a huge allocation is refused before it is made."""
+        try:
+            with torch.no_grad():
+                if module:
+                    result = fn(*args, **kwargs)
+                else:
+                    meta_args = [_to_meta(a) for a in args]
+                    meta_kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
+                    if path.startswith("torch.") and _creates(path):
+                        meta_kwargs["device"] = "meta"
+                    result = fn(*meta_args, **meta_kwargs)
+        except Exception:  # noqa: BLE001 - no meta kernel: the real call decides
+            return
+        self._check_size(result, path)
+
+    def _check_size(self, result: Any, path: str = "the result") -> None:
+        limit = self.quotas.tensor_bytes
+        if isinstance(result, torch.nn.Module):
+            size = sum(p.numel() * p.element_size() for p in result.parameters())
+        elif isinstance(result, torch.Tensor):
+            size = result.numel() * result.element_size()
+        else:
+            return
+        if size > limit:
+            raise QuotaExceeded(f"{path} would make {size:,} bytes, over the {limit:,}-byte limit for one tensor")
+
+
+_CREATORS = frozenset(
+    "tensor zeros ones full empty arange linspace logspace eye rand randn randint randperm normal "
+    "zeros_like ones_like full_like rand_like randn_like empty_like".split()
+)
+
+
+def _creates(path: str) -> bool:
+    return path.rsplit(".", 1)[-1] in _CREATORS
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.empty(x.shape, dtype=x.dtype, device="meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_meta(v) for v in x)
+    return x

@@ -1,0 +1,222 @@
+"""The scientist's handles on remote objects: Pointer, the remote torch namespace, and remote Python types.
+
+A pointer's own attributes all start with ``_duet`` or are the few documented methods (``get``,
+``request``, ``delete``), so ``ptr.sum`` or ``ptr.shape`` always mean the remote object's.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import PermissionDenied
+
+if TYPE_CHECKING:
+    from .client import Remote, RequestHandle
+
+__all__ = ["Pointer", "RemoteNamespace", "RemotePython", "GradContext"]
+
+# answered from the object's metadata, without touching its value
+_META = frozenset({"shape", "dtype", "device", "requires_grad", "ndim", "is_leaf"})
+
+
+class Pointer:
+    """A reference to an object held by the owner. Every call on it returns a new pointer at once."""
+
+    __slots__ = ("_duet_remote", "_duet_id", "_duet_meta", "_duet_finalizer", "__weakref__")
+
+    def __init__(self, remote: Remote, oid: str, meta: dict[str, Any] | None = None, owned: bool = True) -> None:
+        self._duet_remote = remote
+        self._duet_id = oid
+        self._duet_meta = meta
+        self._duet_finalizer = weakref.finalize(self, remote._release, oid) if owned else None
+
+    # ---- the documented methods ---------------------------------------------------------------------
+
+    def get(
+        self,
+        request_block: bool = False,
+        name: str = "",
+        reason: str = "",
+        timeout_secs: float = 20,
+        delete_obj: bool = False,
+        strict: bool = False,
+    ) -> Any:
+        """The value, if the owner's queue lets it out (see API.md)."""
+        return self._duet_remote.get(
+            self,
+            request_block=request_block,
+            name=name,
+            reason=reason,
+            timeout_secs=timeout_secs,
+            delete_obj=delete_obj,
+            strict=strict,
+        )
+
+    def request(self, name: str = "", reason: str = "", timeout_secs: float | None = None) -> RequestHandle:
+        """Ask for the value without waiting; returns a handle with ``.status`` and ``.wait()``."""
+        return self._duet_remote.request(self, name=name, reason=reason, timeout_secs=timeout_secs)
+
+    def delete(self) -> None:
+        """Free the owner's object now (published objects are never freed)."""
+        if self._duet_finalizer is not None:
+            self._duet_finalizer()
+
+    # ---- remote attributes ---------------------------------------------------------------------------
+
+    def _duet_metadata(self) -> dict[str, Any]:
+        if self._duet_meta is None:
+            self._duet_meta = self._duet_remote.metadata(self)
+        return self._duet_meta
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in _META:
+            meta = self._duet_metadata()
+            value = meta.get(name)
+            if name == "shape" and value is not None:
+                return torch.Size(value)
+            if name == "dtype" and value is not None:
+                return getattr(torch, value)
+            if name == "device" and value is not None:
+                return torch.device(value)
+            if name == "ndim" and meta.get("shape") is not None:
+                return len(meta["shape"])
+            return value
+        remote = self._duet_remote
+        if remote.is_property(self, name):
+            return remote.attr(self, name)
+        return _Method(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_duet"):
+            object.__setattr__(self, name, value)
+        else:
+            raise PermissionDenied(f"setting attributes of remote objects is not supported ({name!r})")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Pointer:
+        return self._duet_remote.method(self, "__call__", args, kwargs)
+
+    def __len__(self) -> int:
+        meta = self._duet_metadata()
+        if meta.get("len") is None:
+            raise TypeError(f"remote object of type {meta.get('type')} has no len()")
+        return int(meta["len"])
+
+    def __bool__(self) -> bool:
+        raise TypeError("a pointer has no truth value here: compare remotely and .get() the result")
+
+    def __iter__(self) -> Any:
+        raise TypeError("a remote object cannot be iterated from the scientist's side: index it, or .get() it")
+
+    def __repr__(self) -> str:
+        meta = self._duet_meta or {}
+        bits = [str(meta.get("type") or "object")]
+        if meta.get("shape") is not None:
+            bits.append(str(tuple(meta["shape"])))
+        if meta.get("dtype"):
+            bits.append(str(meta["dtype"]))
+        if meta.get("name"):
+            bits.append(repr(meta["name"]))
+        return f"<Pointer {self._duet_id[:10]} {' '.join(bits)}>"
+
+    def __getitem__(self, key: Any) -> Pointer:
+        return self._duet_remote.method(self, "__getitem__", (key,), {})
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._duet_remote.method(self, "__setitem__", (key, value), {})
+
+    def __hash__(self) -> int:
+        return hash(self._duet_id)
+
+
+def _binary(name: str) -> Any:
+    def op(self: Pointer, *args: Any) -> Pointer:
+        return self._duet_remote.method(self, name, args, {})
+
+    op.__name__ = name
+    return op
+
+
+for _name in (
+    "add sub mul truediv floordiv mod pow matmul and or xor lshift rshift "
+    "radd rsub rmul rtruediv rfloordiv rmod rpow rmatmul rand ror rxor "
+    "iadd isub imul itruediv ifloordiv imod ipow imatmul iand ior ixor "
+    "eq ne lt le gt ge neg pos abs invert"
+).split():
+    setattr(Pointer, f"__{_name}__", _binary(f"__{_name}__"))
+
+
+class _Method:
+    """A bound remote method, called to queue the call."""
+
+    __slots__ = ("_ptr", "_name")
+
+    def __init__(self, ptr: Pointer, name: str) -> None:
+        self._ptr, self._name = ptr, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Pointer:
+        return self._ptr._duet_remote.method(self._ptr, self._name, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<remote method {self._name} of {self._ptr!r}>"
+
+
+class GradContext:
+    """``with d.torch.no_grad():`` – the grad mode changes on the owner's side for the calls inside."""
+
+    def __init__(self, remote: Remote, path: str) -> None:
+        self._remote, self._path = remote, path
+
+    def __enter__(self) -> GradContext:
+        self._remote.context(self._path, True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._remote.context(self._path, False)
+
+
+class RemoteNamespace:
+    """``d.torch`` and everything under it: attribute access builds a dotted path, calling it queues a call."""
+
+    def __init__(self, remote: Remote, path: str = "torch") -> None:
+        self._remote, self._path = remote, path
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        path = f"{self._path}.{name}"
+        local = self._remote.local_constant(path)
+        if local is not None:
+            return local
+        self._remote.check_path(path)
+        return RemoteNamespace(self._remote, path)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._remote.is_context(self._path):
+            return GradContext(self._remote, self._path)
+        return self._remote.call(self._path, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<remote {self._path}>"
+
+
+class RemotePython:
+    """``d.python``: Float, Int, Bool, List, Dict, Tuple, String built on the owner's side."""
+
+    def __init__(self, remote: Remote) -> None:
+        self._remote = remote
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        self._remote.check_python_type(name)
+
+        def build(*args: Any) -> Pointer:
+            return self._remote.python(name, args)
+
+        build.__name__ = name
+        return build

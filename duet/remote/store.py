@@ -1,0 +1,217 @@
+"""The owner's store: every object the scientist can point at, its metadata, tags, and the quotas on it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..codec import describe
+from ..errors import PermissionDenied, ProtocolError, QuotaExceeded, RemoteError
+
+__all__ = ["Entry", "Store", "Quotas", "STORE_COLUMNS"]
+
+STORE_COLUMNS = ["id", "name", "tags", "description", "type", "shape", "dtype", "size_bytes"]
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Per-session limits on what the scientist's calls may make the owner hold or do."""
+
+    store_bytes: int = 4 << 30  # everything the scientist's calls keep in the store
+    tensor_bytes: int = 1 << 30  # one tensor created by a call or sent by the scientist
+    objects: int = 100_000  # objects the scientist's calls keep alive
+    call_seconds: float = 60.0  # one call's time
+    error_detail: bool = True  # False: the scientist sees the remote exception's type only
+
+
+@dataclass
+class Entry:
+    """One object in the store, with what the scientist may know of it."""
+
+    id: str
+    obj: Any
+    name: str = ""
+    tags: tuple[str, ...] = ()
+    description: str = ""
+    published: bool = False
+    error: RemoteError | None = None
+    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.meta.get("size_bytes", 0))
+
+    def public(self) -> dict[str, Any]:
+        """The metadata the scientist sees: never the value."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "tags": list(self.tags),
+            "description": self.description,
+            "type": self.meta.get("type"),
+            "shape": self.meta.get("shape"),
+            "dtype": self.meta.get("dtype"),
+            "size_bytes": self.nbytes,
+            "numel": self.meta.get("numel", 0),
+            "requires_grad": self.meta.get("requires_grad"),
+            "published": self.published,
+        }
+
+    def __repr__(self) -> str:
+        tags = " ".join(self.tags)
+        return f"<Entry {self.id[:8]} {self.name!r} {self.meta.get('type')} {self.meta.get('shape')} {tags}>"
+
+
+def _meta(obj: Any) -> dict[str, Any]:
+    meta = dict(describe(obj))
+    if isinstance(obj, torch.Tensor):
+        meta["requires_grad"] = bool(obj.requires_grad)
+    elif isinstance(obj, torch.nn.Module):
+        meta["type"] = type(obj).__name__
+        meta["size_bytes"] = sum(p.numel() * p.element_size() for p in obj.parameters())
+        meta["numel"] = sum(p.numel() for p in obj.parameters())
+    return meta
+
+
+class Store:
+    """Objects by id. Published objects are the owner's; the rest were made by the scientist's calls."""
+
+    def __init__(self, quotas: Quotas | None = None, on_publish: Callable[[Entry], None] | None = None) -> None:
+        self.quotas = quotas or Quotas()
+        self._entries: dict[str, Entry] = {}
+        self._lock = threading.RLock()
+        self._scientist_bytes = 0
+        self._scientist_count = 0
+        self._on_publish = on_publish
+
+    # ---- owner API ---------------------------------------------------------------------------------
+
+    def publish(self, obj: Any, name: str = "", tags: Iterable[str] = (), description: str = "") -> Entry:
+        """Make ``obj`` visible to the scientist (metadata only) under ``name`` and ``tags``."""
+        if isinstance(tags, str):
+            tags = [tags]
+        meta = _meta(obj)
+        entry = Entry(
+            "p" + secrets.token_hex(8), obj, str(name), tuple(str(t) for t in tags), str(description), True, meta=meta
+        )
+        with self._lock:
+            if name and any(e.published and e.name == name for e in self._entries.values()):
+                raise ValueError(f"an object named {name!r} is already published: remove it first")
+            self._entries[entry.id] = entry
+        if self._on_publish is not None:
+            self._on_publish(entry)
+        return entry
+
+    def remove(self, key: str | int) -> None:
+        entry = self.entry(key)
+        with self._lock:
+            self._entries.pop(entry.id, None)
+
+    def entry(self, key: str | int) -> Entry:
+        """A published entry by name, tag, integer position or an id prefix of 6+ characters."""
+        published = self.published()
+        if isinstance(key, int) and not isinstance(key, bool):
+            try:
+                return published[key]
+            except IndexError:
+                raise KeyError(f"no published object at position {key} ({len(published)} published)") from None
+        for match in (
+            lambda e: e.name == key,
+            lambda e: key in e.tags,
+            lambda e: len(str(key)) >= 6 and e.id.startswith(str(key)),
+        ):
+            found = [e for e in published if match(e)]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise KeyError(f"{key!r} matches {len(found)} objects: use a name or an id prefix")
+        raise KeyError(f"no published object named, tagged or with an id starting {key!r}")
+
+    def __getitem__(self, key: str | int) -> Any:
+        return self.entry(key).obj
+
+    def __len__(self) -> int:
+        return len(self.published())
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.published())
+
+    def published(self) -> list[Entry]:
+        with self._lock:
+            return [e for e in self._entries.values() if e.published]
+
+    @property
+    def pandas(self) -> Any:
+        import pandas as pd
+
+        rows = [{k: e.public()[k] for k in STORE_COLUMNS} for e in self.published()]
+        return pd.DataFrame(rows, columns=STORE_COLUMNS)
+
+    def __repr__(self) -> str:
+        return f"<Store {len(self)} published, {self.scientist_objects} made by calls>"
+
+    # ---- executor API ------------------------------------------------------------------------------
+
+    @property
+    def scientist_objects(self) -> int:
+        return self._scientist_count
+
+    @property
+    def scientist_bytes(self) -> int:
+        return self._scientist_bytes
+
+    def get(self, oid: Any) -> Entry:
+        """The entry a pointer names; refuses ids the scientist was never given."""
+        if not isinstance(oid, str):
+            raise ProtocolError("an object id must be a string")
+        with self._lock:
+            entry = self._entries.get(oid)
+        if entry is None:
+            raise PermissionDenied(f"no object with id {oid[:40]!r} in the owner's store")
+        return entry
+
+    def put(self, oid: Any, obj: Any, tags: Iterable[str] = (), error: RemoteError | None = None) -> Entry:
+        """Store a result under the id the scientist chose (never replacing an existing object)."""
+        if not isinstance(oid, str) or not oid.startswith("s") or len(oid) > 40:
+            raise ProtocolError("result ids are strings the scientist allocates, starting with 's'")
+        meta = _meta(obj) if error is None else {"type": None}
+        size = int(meta.get("size_bytes", 0))
+        q = self.quotas
+        with self._lock:
+            if oid in self._entries:
+                raise ProtocolError(f"object id {oid!r} is already in use")
+            if error is None and self._scientist_count + 1 > q.objects:
+                raise QuotaExceeded(f"the session may keep at most {q.objects} objects: delete some pointers")
+            if error is None and self._scientist_bytes + size > q.store_bytes:
+                raise QuotaExceeded(
+                    f"the session's store quota of {q.store_bytes} bytes is spent "
+                    f"({self._scientist_bytes} held, {size} more asked)"
+                )
+            entry = Entry(oid, obj, tags=tuple(sorted(set(tags))), error=error, meta=meta)
+            self._entries[oid] = entry
+            self._scientist_bytes += entry.nbytes
+            self._scientist_count += 1
+        return entry
+
+    def release(self, oid: Any) -> bool:
+        """Free an object the scientist made (published objects are never freed this way)."""
+        with self._lock:
+            entry = self._entries.get(oid) if isinstance(oid, str) else None
+            if entry is None or entry.published:
+                return False
+            del self._entries[oid]
+            self._scientist_bytes -= entry.nbytes
+            self._scientist_count -= 1
+        return True
+
+    def release_all_scientist(self) -> None:
+        with self._lock:
+            for oid in [k for k, e in self._entries.items() if not e.published]:
+                self.release(oid)
