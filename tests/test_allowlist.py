@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -68,11 +69,11 @@ def test_tables_are_sorted_without_duplicates() -> None:
 # -- the PySyft Duet tutorial ----------------------------------------------------------------------------
 
 
-def _fn(path: str, *args: object, **kwargs: object) -> object:
+def _fn(path: str, *args: object, **kwargs: object) -> Any:
     return A.call_function(path, args, kwargs)
 
 
-def _m(obj: object, name: str, *args: object, **kwargs: object) -> object:
+def _m(obj: object, name: str, *args: object, **kwargs: object) -> Any:
     return A.call_method(obj, name, args, kwargs)
 
 
@@ -128,7 +129,8 @@ def test_remote_python_types() -> None:
 
 
 def test_kinds() -> None:
-    assert [A.kind_of(v) for v in (True, 1, 1.0, "s", [], {}, ())] == [
+    values: tuple[object, ...] = (True, 1, 1.0, "s", [], {}, ())
+    assert [A.kind_of(v) for v in values] == [
         "Bool",
         "Int",
         "Float",
@@ -355,7 +357,7 @@ def test_extend_is_reviewed_and_leaves_the_original_alone() -> None:
     with pytest.raises(RuntimeError, match="torch.load"):
         A.extend(functions=["torch.load"])
     with pytest.raises(AttributeError):
-        A._functions = frozenset()  # type: ignore[misc]
+        A._functions = frozenset()
 
 
 def test_import_fails_when_a_table_names_a_forbidden_entry(tmp_path: Path) -> None:

@@ -21,9 +21,10 @@ def main() -> None:
     ap.add_argument("--approve-join", action="store_true")
     ap.add_argument("--db", default=None)
     ap.add_argument("--name", default="hospital")
+    ap.add_argument("--loopback", action="store_true")
     args = ap.parse_args()
     d = duet.launch_duet(
-        signaling_url=args.url, name=args.name, quiet=True, approve_join=args.approve_join, db_path=args.db
+        signaling_url=args.url, name=args.name, quiet=True, loopback=args.loopback, approve_join=args.approve_join, db_path=args.db
     )
     say("SESSION", d.session_id)
     for line in sys.stdin:
