@@ -2,8 +2,8 @@
 
 A session ID reads ``duet-`` followed by seven groups of four symbols::
 
-    duet-7xkq-m2fd-9rta-hh4c-... -bw3z
-         \\_______ 26 data symbols ______/ \\ 2 check symbols (end of the last group)
+    duet-7xkq-m2fd-9rta-hh4c-u5pw-e8gn-3bzk
+         <------ 26 data symbols ------->^^ 2 check symbols
 
 The 31 symbols are the lowercase letters and digits minus the lookalikes ``0 o 1 l i``. Only 31 such
 characters exist, so the ID is written in base 31: 26 random symbols carry 26 * log2(31) = 128.8 bits from

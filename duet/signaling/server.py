@@ -415,13 +415,12 @@ async def _serve(host: str, port: int, cfg: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point (``duet-signaling``, ``python signaling_server.py``)."""
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="duet-signaling", description="The duet signaling server.")
+    description = "The duet signaling server (defaults from env DUET_SIGNALING_HOST, DUET_SIGNALING_PORT)."
+    parser = argparse.ArgumentParser(prog="duet-signaling", description=description)
     parser.add_argument(
-        "--host", default=env("DUET_SIGNALING_HOST", "127.0.0.1"), help="env DUET_SIGNALING_HOST"
+        "--host", default=env("DUET_SIGNALING_HOST", "127.0.0.1"), help="address to listen on"
     )
-    parser.add_argument(
-        "--port", type=int, default=env("DUET_SIGNALING_PORT", "8765"), help="0: any free port"
-    )
+    parser.add_argument("--port", type=int, default=env("DUET_SIGNALING_PORT", "8765"), help="0: any free")
     parser.add_argument("--ttl", type=float, default=600.0, help="seconds an unused session ID lives")
     parser.add_argument("--max-pending", type=int, default=10_000, help="pending sessions in total")
     parser.add_argument("--max-per-client", type=int, default=32, help="pending sessions per client address")
