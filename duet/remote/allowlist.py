@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_ALLOWLIST",
     "FUNCTION_FAMILIES",
     "FUNCTIONS",
+    "KIND_OPERATORS",
     "METHODS",
     "NEVER_EXCEPTIONS",
     "NEVER_NAMES",
@@ -49,6 +50,7 @@ __all__ = [
     "PROPERTIES",
     "PYTHON_TYPES",
     "render_markdown",
+    "write_docs",
 ]
 
 # ---------------------------------------------------------------------------------------------------------
