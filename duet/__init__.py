@@ -15,6 +15,8 @@ from .errors import (
     RequestTimeout,
     SignalingError,
 )
+from .remote.module import Module
+from .remote.store import Quotas
 from .session import Duet, join_duet, launch_duet
 
 __version__ = "0.1.0"
@@ -23,8 +25,10 @@ __all__ = [
     "ConnectionError",
     "Duet",
     "DuetError",
+    "Module",
     "PermissionDenied",
     "ProtocolError",
+    "Quotas",
     "QuotaExceeded",
     "RemoteError",
     "RequestDenied",

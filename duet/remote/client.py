@@ -197,8 +197,8 @@ class Remote:
         buffers: list[Any] = []
         return self._emit({"k": "put", "v": self._encode(value, buffers)}, buffers)
 
-    def container(self, children: dict[str, Pointer]) -> Pointer:
-        return self._emit({"k": "mod", "c": {k: p._duet_id for k, p in children.items()}}, [])
+    def container(self, children: dict[str, Pointer], label: str = "Module") -> Pointer:
+        return self._emit({"k": "mod", "c": {k: p._duet_id for k, p in children.items()}, "n": label[:100]}, [])
 
     def context(self, path: str, enter: bool) -> None:
         self._queue({"k": "ctx", "p": path, "e": enter}, [])

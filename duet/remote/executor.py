@@ -43,6 +43,8 @@ _MAX_CTX = 32
 class Container(torch.nn.Module):
     """A module the owner builds to hold the scientist's remote layers by name (no code of theirs)."""
 
+    label = "Module"
+
     def forward(self, *args: Any) -> Any:
         raise RemoteError("NotImplementedError", "a duet module's forward runs on the scientist's side")
 
@@ -297,6 +299,9 @@ class Executor:
             raise ProtocolError("a module container needs a dict of children")
         tags: set[str] = set()
         container = Container()
+        label = op.get("n")
+        if isinstance(label, str) and label.isidentifier():
+            container.label = label
         for name, oid in children.items():
             if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
                 raise PermissionDenied(f"refused module attribute name {str(name)[:40]!r}")
