@@ -74,7 +74,7 @@ def _meta(obj: Any) -> dict[str, Any]:
     if isinstance(obj, torch.Tensor):
         meta["requires_grad"] = bool(obj.requires_grad)
     elif isinstance(obj, torch.nn.Module):
-        meta["type"] = type(obj).__name__
+        meta["type"] = getattr(obj, "label", None) or type(obj).__name__
         meta["size_bytes"] = sum(p.numel() * p.element_size() for p in obj.parameters())
         meta["numel"] = sum(p.numel() for p in obj.parameters())
     return meta
