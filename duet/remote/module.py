@@ -22,6 +22,12 @@ __all__ = ["Module"]
 class Module:
     """A model for duet: ``class Net(duet.Module)`` with ``__init__(self, torch_ref)`` and ``forward``."""
 
+    torch_ref: Any
+    training: bool
+    _duet_init: tuple[tuple[Any, ...], dict[str, Any]]
+    _duet_layers: collections.OrderedDict[str, Any]
+    _duet_container: Pointer | None
+
     def __new__(cls, *args: Any, **kwargs: Any) -> Module:
         self = super().__new__(cls)
         object.__setattr__(self, "_duet_init", (args, kwargs))
