@@ -40,10 +40,14 @@ def ice_configuration(ice_servers: IceServers) -> RTCConfiguration:
             servers.append(RTCIceServer(urls=item))
         elif isinstance(item, dict) and "urls" in item:
             servers.append(
-                RTCIceServer(urls=item["urls"], username=item.get("username"), credential=item.get("credential"))
+                RTCIceServer(
+                    urls=item["urls"], username=item.get("username"), credential=item.get("credential")
+                )
             )
         else:
-            raise ValueError(f"an ICE server is a URL or a dict with 'urls' (and username/credential): {item!r}")
+            raise ValueError(
+                f"an ICE server is a URL or a dict with 'urls' (and username/credential): {item!r}"
+            )
     return RTCConfiguration(iceServers=servers)
 
 
@@ -102,13 +106,15 @@ async def offer(
 
 async def await_answer(client: SignalingClient, pending: Pending, timeout: float | None) -> PeerInfo:
     """Owner: wait for the scientist's answer, check it, and wait for the channel to open."""
-    token = await client.wait_answer(pending.key, timeout=timeout if timeout is not None else 10 * 365 * 86400)
+    token = await client.wait_answer(
+        pending.key, timeout=timeout if timeout is not None else 10 * 365 * 86400
+    )
     sdp, peer = _checked(codes.unseal(pending.seal_key, "answer", token), "answer", pending.key)
     opened = asyncio.get_running_loop().create_future()
     if pending.dc.readyState == "open":
         opened.set_result(None)
     else:
-        pending.dc.once("open", lambda: opened.done() or opened.set_result(None))
+        pending.dc.once("open", lambda: _settle(opened, None))
     await pending.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
     await _wait_open(pending.pc, opened, timeout=30.0)
     return peer
@@ -138,7 +144,7 @@ async def answer(
         if channel.readyState == "open":
             opened.set_result(channel)
         else:
-            channel.once("open", lambda: opened.done() or opened.set_result(channel))
+            channel.once("open", lambda: _settle(opened, channel))
 
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -150,6 +156,11 @@ async def answer(
         await pc.close()
         raise
     return pc, dc, peer
+
+
+def _settle(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
 
 
 async def _wait_open(pc: RTCPeerConnection, opened: asyncio.Future[Any], timeout: float) -> Any:

@@ -15,9 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import connect, loop
-from .errors import ConnectionError, DuetError, PermissionDenied, SignalingError
+from .errors import ConnectionError, DuetError, SignalingError
 from .identity import Identity
-from .owner import OwnerService, error_header
+from .owner import OwnerService
 from .remote.client import periodic_release, raise_remote
 from .scientist import ScientistService
 from .signaling import codes
@@ -162,7 +162,10 @@ class Duet:
 
     def _extra_summary(self) -> dict[str, str]:
         if self._owner is not None:
-            return {"objects": str(len(self._owner.store)), "pending requests": str(len(self._owner.requests))}
+            return {
+                "objects": str(len(self._owner.store)),
+                "pending requests": str(len(self._owner.requests)),
+            }
         return {}
 
     def __repr__(self) -> str:
@@ -179,7 +182,9 @@ class Duet:
 
     async def _start_owner(self, ice_servers: connect.IceServers) -> None:
         await _ensure_server(self._client, self.signaling_url)
-        self._pending = await connect.offer(self._client, self.session_id, self.identity, self.name, ice_servers)
+        self._pending = await connect.offer(
+            self._client, self.session_id, self.identity, self.name, ice_servers
+        )
         self._waiter = asyncio.ensure_future(self._owner_wait())
 
     async def _owner_wait(self) -> None:
@@ -264,11 +269,9 @@ class Duet:
         """Block until the session is closed (by either side, or the peer is lost). True if it closed."""
 
         async def wait() -> None:
-            while self._status != "closed":
-                closed = asyncio.Event()
-                self._on_close_callbacks.append(lambda _reason: closed.set())
-                if self._status == "closed":
-                    return
+            closed = asyncio.Event()
+            self._on_close_callbacks.append(lambda _reason: closed.set())
+            if self._status != "closed":
                 await closed.wait()
 
         try:
@@ -297,7 +300,8 @@ class Duet:
             await asyncio.gather(self._waiter, return_exceptions=True)
             if self._pending is not None:
                 try:
-                    await SignalingClient(self.signaling_url, timeout=2).cancel(self._pending.key)
+                    async with SignalingClient(self.signaling_url, timeout=2) as client:
+                        await client.cancel(self._pending.key)
                 except DuetError:
                     pass
         if self._channel is not None:
@@ -329,7 +333,9 @@ class Duet:
     def _dispatch(self, msg: Message) -> Any:
         handler = self.handlers.get(msg.type)
         if handler is None:
-            msg.reply({"t": "error", "kind": "ProtocolError", "message": f"unknown message type {msg.type!r}"})
+            msg.reply(
+                {"t": "error", "kind": "ProtocolError", "message": f"unknown message type {msg.type!r}"}
+            )
             return None
         return handler(msg)
 
@@ -338,7 +344,8 @@ class Duet:
 
     def _on_error(self, msg: Message) -> None:
         warnings.warn(
-            f"the peer reports: {msg.header.get('kind')}: {str(msg.header.get('message'))[:300]}", stacklevel=1
+            f"the peer reports: {msg.header.get('kind')}: {str(msg.header.get('message'))[:300]}",
+            stacklevel=1,
         )
 
     def echo(self, payload: bytes, timeout: float = 60.0) -> bytes:
@@ -417,7 +424,9 @@ def join_duet(
     """Scientist: join the owner's session; blocks until the data channel is open."""
     if session_id is None:
         if not loopback:
-            raise SignalingError("join_duet needs the owner's session ID (or loopback=True on the same machine)")
+            raise SignalingError(
+                "join_duet needs the owner's session ID (or loopback=True on the same machine)"
+            )
         try:
             session_id = _loopback_file().read_text().strip()
         except OSError as exc:

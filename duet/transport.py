@@ -160,7 +160,9 @@ class Channel:
 
     # ---- sending ---------------------------------------------------------------------------------
 
-    def send(self, header: dict[str, Any], buffers: Sequence[wire.Buffer] = (), *, ordered: bool = True) -> None:
+    def send(
+        self, header: dict[str, Any], buffers: Sequence[wire.Buffer] = (), *, ordered: bool = True
+    ) -> None:
         """Queue a frame (non-blocking). Raises ConnectionError if the channel is closed."""
         if self._closed:
             raise ConnectionError(f"the session is closed ({self.close_reason})")
@@ -330,7 +332,7 @@ class _Outgoing:
         n = min(part_size, self._left)
         flags = (_FIRST if self._first else 0) | (_LAST if n == self._left else 0)
         self._first = False
-        pieces = [_PART.pack(flags, self.stream)]
+        pieces: list[wire.Buffer] = [_PART.pack(flags, self.stream)]
         need = n
         while need:
             seg = self._segments[0]

@@ -82,7 +82,9 @@ class Peer:
             try:
                 line = self.lines.get(timeout=timeout)
             except queue.Empty:
-                raise AssertionError(f"no {prefix!r} line within {timeout} s; stderr:\n{''.join(self.stderr)}") from None
+                raise AssertionError(
+                    f"no {prefix!r} line within {timeout} s; stderr:\n{''.join(self.stderr)}"
+                ) from None
             if line is None:
                 raise AssertionError(f"peer exited before {prefix!r}; stderr:\n{''.join(self.stderr)}")
             if line.startswith(prefix):

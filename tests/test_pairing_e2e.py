@@ -6,13 +6,12 @@ import os
 import time
 
 import pytest
+from conftest import Peer
 
 import duet
 from duet import loop
 from duet.signaling.client import SignalingClient
 from duet.signaling.codes import lookup_key, new_session_id
-
-from conftest import Peer
 
 
 def test_pairing_messages_and_close_from_scientist(owner_process: Peer, signaling_url: str) -> None:

@@ -1,4 +1,10 @@
-"""An owner in its own process, driven by line commands on stdin; it reports on stdout (one line each)."""
+"""An owner in its own process, driven by line commands on stdin; it reports on stdout (one line each).
+
+Test-only commands beyond the session's own: ``exec CODE`` runs statements and ``eval EXPR`` prints
+``VAL <json>``, both in one namespace kept for the whole process (``d``, ``torch``, ``duet``, ``json``, ``say``
+and whatever earlier code defined); ``wait SECONDS EXPR`` blocks until EXPR is true, re-checked on every
+event of the request queue (no polling), and prints ``WAITED True|False``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,11 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
+from typing import Any
+
+import torch
 
 import duet
 
@@ -24,8 +34,21 @@ def main() -> None:
     ap.add_argument("--loopback", action="store_true")
     args = ap.parse_args()
     d = duet.launch_duet(
-        signaling_url=args.url, name=args.name, quiet=True, loopback=args.loopback, approve_join=args.approve_join, db_path=args.db
+        signaling_url=args.url,
+        name=args.name,
+        quiet=True,
+        loopback=args.loopback,
+        approve_join=args.approve_join,
+        db_path=args.db,
     )
+    changed = threading.Condition()
+
+    def on_queue_event(_event: str, _req: Any) -> None:
+        with changed:
+            changed.notify_all()
+
+    d.requests.add_listener(on_queue_event)
+    ns: dict[str, Any] = {"d": d, "duet": duet, "torch": torch, "json": json, "say": say}
     say("SESSION", d.session_id)
     for line in sys.stdin:
         cmd, _, rest = line.strip().partition(" ")
@@ -44,13 +67,21 @@ def main() -> None:
         elif cmd == "close":
             d.close()
             say("CLOSED", True, "0", d.close_reason)
-        elif cmd == "exec":  # test-only: a statement run against `d`, `torch`, `duet` (the test's own code)
-            ns = {"d": d, "duet": duet, "torch": __import__("torch"), "json": json, "say": say}
+        elif cmd in ("exec", "eval"):  # test-only: the test's own code, run against `d`
+            code = rest.replace("\\n", "\n")
             try:
-                exec(rest.replace("\\n", "\n"), ns)  # noqa: S102 - the test script drives its own owner
-                say("OK")
+                if cmd == "exec":
+                    exec(code, ns)  # noqa: S102 - the test script drives its own owner
+                    say("OK")
+                else:
+                    say("VAL", json.dumps(eval(code, ns), default=str))  # noqa: S307 - as above
             except Exception as exc:  # noqa: BLE001 - reported to the test
                 say("ERR", type(exc).__name__, str(exc).replace("\n", " "))
+        elif cmd == "wait":  # wait SECONDS EXPR: until EXPR holds, re-checked on each request-queue event
+            seconds, _, expr = rest.partition(" ")
+            with changed:
+                ok = changed.wait_for(lambda: bool(eval(expr, ns)), float(seconds))  # noqa: S307
+            say("WAITED", ok)
         elif cmd == "exit":
             break
     d.close()
