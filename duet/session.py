@@ -244,7 +244,8 @@ class Duet:
     def _on_channel_close(self, reason: str) -> None:
         self._status = "closed"
         if not self._closing:
-            log.warning("session ended: %s", reason)
+            level = logging.INFO if reason.startswith("the peer closed") else logging.WARNING
+            log.log(level, "session ended: %s", reason)
         for callback in list(self._on_close_callbacks):
             callback(reason)
 
