@@ -65,6 +65,7 @@ class Message:
 
 
 Handler = Callable[[Message], Awaitable[None] | None]
+Progress = Callable[[int, int], None]
 
 
 class Channel:
@@ -95,6 +96,8 @@ class Channel:
         self._bulk: collections.deque[_Outgoing] = collections.deque()
         self._turn = 0
         self._partial: dict[int, bytearray] = {}
+        self._progress: dict[int, Progress] = {}  # correlation id -> callback for the reply's arrival
+        self._incoming: dict[int, tuple[Progress, int]] = {}  # stream -> (callback, frame size)
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._low = asyncio.Event()
@@ -161,7 +164,12 @@ class Channel:
     # ---- sending ---------------------------------------------------------------------------------
 
     def send(
-        self, header: dict[str, Any], buffers: Sequence[wire.Buffer] = (), *, ordered: bool = True
+        self,
+        header: dict[str, Any],
+        buffers: Sequence[wire.Buffer] = (),
+        *,
+        ordered: bool = True,
+        progress: Progress | None = None,
     ) -> None:
         """Queue a frame (non-blocking). Raises ConnectionError if the channel is closed."""
         if self._closed:
@@ -172,16 +180,23 @@ class Channel:
             payload = segments[0] if len(segments) == 1 else b"".join(segments)
             self._urgent.append(_PART.pack(_FIRST | _LAST, 0) + bytes(payload))
         else:
-            (self._ordered if ordered else self._bulk).append(_Outgoing(next(self._streams), segments, size))
+            out = _Outgoing(next(self._streams), segments, size, progress)
+            (self._ordered if ordered else self._bulk).append(out)
         self._wake.set()
 
     async def request(
-        self, header: dict[str, Any], buffers: Sequence[wire.Buffer] = (), timeout: float | None = 30.0
+        self,
+        header: dict[str, Any],
+        buffers: Sequence[wire.Buffer] = (),
+        timeout: float | None = 30.0,
+        progress: Progress | None = None,
     ) -> Message:
-        """Send a frame and wait for the frame that answers it."""
+        """Send a frame and wait for the frame that answers it (``progress`` follows the reply's arrival)."""
         cid = next(self._ids)
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[cid] = fut
+        if progress is not None:
+            self._progress[cid] = progress
         try:
             self.send({**header, "id": cid}, buffers)
             return await asyncio.wait_for(fut, timeout)
@@ -189,6 +204,7 @@ class Channel:
             raise RequestTimeout(f"no reply to {header.get('t')!r} within {timeout} s") from exc
         finally:
             self._pending.pop(cid, None)
+            self._progress.pop(cid, None)
 
     async def _sender(self) -> None:
         dc = self._dc
@@ -247,6 +263,8 @@ class Channel:
                 self._partial.pop(stream, None)
                 return
             self._partial[stream] = bytearray(body)
+            if self._progress:
+                self._watch(stream, body)
             return
         buf = self._partial.get(stream)
         if buf is None:
@@ -257,9 +275,30 @@ class Channel:
             self._protocol_error(f"a frame larger than {self._max_frame} bytes")
             return
         buf += body
+        watched = self._incoming.get(stream)
+        if watched is not None:
+            self._report(watched[0], len(buf), watched[1])
         if flags & _LAST:
             del self._partial[stream]
+            self._incoming.pop(stream, None)
             self._deliver(memoryview(buf))
+
+    def _watch(self, stream: int, first: memoryview) -> None:
+        """A large reply is arriving: if someone follows its progress, tell them as its parts come."""
+        peeked = wire.peek(first)
+        if peeked is None or not isinstance(peeked[0], dict):
+            return
+        callback = self._progress.get(peeked[0].get("re"))  # type: ignore[arg-type]
+        if callback is not None:
+            self._incoming[stream] = (callback, peeked[1])
+            self._report(callback, len(first), peeked[1])
+
+    @staticmethod
+    def _report(callback: Progress, done: int, total: int) -> None:
+        try:
+            callback(done, total)
+        except Exception:  # noqa: BLE001 - a progress display must never break a transfer
+            log.debug("progress callback failed", exc_info=True)
 
     def _deliver(self, data: memoryview) -> None:
         try:
@@ -318,8 +357,12 @@ class Channel:
 class _Outgoing:
     """A large frame being sent part by part, without joining its segments into one buffer."""
 
-    def __init__(self, stream: int, segments: list[wire.Buffer], size: int) -> None:
+    def __init__(
+        self, stream: int, segments: list[wire.Buffer], size: int, progress: Progress | None
+    ) -> None:
         self.stream = stream
+        self.size = size
+        self._progress = progress
         self._segments = collections.deque(memoryview(s) for s in segments)
         self._left = size
         self._first = True
@@ -345,4 +388,6 @@ class _Outgoing:
                 self._segments[0] = seg[need:]
                 need = 0
         self._left -= n
+        if self._progress is not None:
+            Channel._report(self._progress, self.size - self._left, self.size)
         return b"".join(pieces)

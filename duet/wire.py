@@ -29,7 +29,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-__all__ = ["MAGIC", "VERSION", "MAX_HEADER", "MAX_BUFFERS", "pack", "pack_segments", "unpack"]
+__all__ = ["MAGIC", "VERSION", "MAX_HEADER", "MAX_BUFFERS", "pack", "pack_segments", "peek", "unpack"]
 
 MAGIC = b"DU"
 VERSION = 1
@@ -81,6 +81,49 @@ def pack(header: Any, buffers: Sequence[Buffer] = ()) -> bytes:
     return b"".join(pack_segments(header, buffers))
 
 
+def peek(start: Buffer) -> tuple[Any, int] | None:
+    """The header and total size of a frame from its first bytes, or None if they do not hold the header.
+
+    For progress reporting only: the frame is checked in full by :func:`unpack` once it has arrived.
+    """
+    view = memoryview(start).cast("B")
+    if len(view) < _FIXED.size:
+        return None
+    magic, version, _flags, head_len, n_buf = _FIXED.unpack_from(view, 0)
+    if magic != MAGIC or version != VERSION or head_len > MAX_HEADER or n_buf > MAX_BUFFERS:
+        return None
+    pos = _FIXED.size + 8 * n_buf
+    if len(view) < pos + head_len:
+        return None
+    lengths = struct.unpack_from(f">{n_buf}Q", view, _FIXED.size)
+    try:
+        header = _decode_header(view[pos : pos + head_len])
+    except ProtocolError:
+        return None
+    return header, pos + head_len + sum(lengths)
+
+
+def _decode_header(data: memoryview) -> Any:
+    try:
+        header = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_no_ext,
+            timestamp=0,
+            object_pairs_hook=_str_keys,
+            list_hook=_no_timestamps,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises several types on malformed input
+        raise ProtocolError(f"malformed frame header: {exc}") from exc
+    if type(header) is msgpack.Timestamp:
+        raise ProtocolError("msgpack timestamps are not allowed")
+    return header
+
+
 def unpack(data: Buffer, *, max_size: int | None = None) -> tuple[Any, list[memoryview]]:
     """Decode a frame into (header, buffers). Buffers are zero-copy views into ``data``."""
     view = memoryview(data).cast("B")
@@ -104,23 +147,7 @@ def unpack(data: Buffer, *, max_size: int | None = None) -> tuple[Any, list[memo
     pos += 8 * n_buf
     if pos + head_len + sum(lengths) != len(view):
         raise ProtocolError("frame lengths do not match its size")
-    try:
-        header = msgpack.unpackb(
-            view[pos : pos + head_len],
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            ext_hook=_no_ext,
-            timestamp=0,
-            object_pairs_hook=_str_keys,
-            list_hook=_no_timestamps,
-        )
-    except ProtocolError:
-        raise
-    except Exception as exc:  # msgpack raises several types on malformed input
-        raise ProtocolError(f"malformed frame header: {exc}") from exc
-    if type(header) is msgpack.Timestamp:
-        raise ProtocolError("msgpack timestamps are not allowed")
+    header = _decode_header(view[pos : pos + head_len])
     pos += head_len
     buffers = []
     for n in lengths:
