@@ -1,0 +1,90 @@
+"""The training scenario: one epoch of a small CNN on scikit-learn's digits, locally and over duet."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+import duet
+
+from .config import Config
+from .owner import HANDLER_NAME
+from .procs import Child
+
+__all__ = ["DigitsNet", "run_epoch", "local_epochs", "duet_epochs"]
+
+
+class DigitsNet(duet.Module):
+    """Two 3x3 convolutions and a linear layer: 8x8 digit images in, log-probabilities of 10 classes out."""
+
+    def __init__(self, torch_ref: Any) -> None:
+        super().__init__(torch_ref)
+        self.conv1 = self.torch_ref.nn.Conv2d(1, 8, 3)
+        self.conv2 = self.torch_ref.nn.Conv2d(8, 16, 3)
+        self.fc = self.torch_ref.nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x: Any) -> Any:
+        f = self.torch_ref.nn.functional
+        x = f.relu(self.conv1(x))
+        x = f.relu(self.conv2(x))
+        x = self.torch_ref.flatten(x, 1)
+        return f.log_softmax(self.fc(x), dim=1)
+
+
+def run_epoch(model: Any, th: Any, x: Any, y: Any, n: int, batch: int) -> Any:
+    """The same loop for both sides: ``th`` is ``torch`` or ``d.torch``; returns the summed loss."""
+    opt = th.optim.SGD(model.parameters(), lr=0.1)
+    total = None
+    for i in range(0, n, batch):
+        xb, yb = x[i : i + batch], y[i : i + batch]
+        opt.zero_grad()
+        loss = th.nn.functional.nll_loss(model(xb), yb)
+        loss.backward()
+        opt.step()
+        total = loss.item() if total is None else total + loss.item()
+    return total
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16, torch.tensor(y)
+
+
+def local_epochs(cfg: Config, repeats: int) -> tuple[float, float, int]:
+    """Median seconds of ``repeats`` local epochs (after one warm-up), their loss, and the samples used."""
+    x, y = _digits()
+    n = min(len(y), cfg.train_samples or len(y))
+    times, loss = [], 0.0
+    for i in range(repeats + 1):
+        torch.manual_seed(0)
+        model = DigitsNet(torch)
+        start = time.perf_counter()
+        loss = float(run_epoch(model, torch, x, y, n, cfg.batch_size))
+        if i:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), loss, n
+
+
+def duet_epochs(s: duet.Duet, owner: Child, cfg: Config, repeats: int) -> tuple[float, float, int]:
+    """The same over duet: data on the owner, the model sent there; timed from the first call to the
+    ``get`` of the summed loss, which waits for every call of the epoch."""
+    total = owner.call("digits")
+    n = min(total, cfg.train_samples or total)
+    x, y = s.store["digits_x"], s.store["digits_y"]
+    times, loss = [], 0.0
+    for i in range(repeats + 1):
+        torch.manual_seed(0)
+        model = DigitsNet(torch).send(s)
+        len(model.parameters())  # a blocking call: the model is on the owner before the clock starts
+        start = time.perf_counter()
+        result = run_epoch(model, s.torch, x, y, n, cfg.batch_size)
+        loss = float(result.get(request_block=True, name=HANDLER_NAME, strict=True, timeout_secs=120))
+        if i:
+            times.append(time.perf_counter() - start)
+        del model, result
+    return statistics.median(times), loss, n
