@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidAccessError, InvalidStateError
 
 from . import ice
 from .errors import ConnectionError, SignalingError
@@ -115,7 +116,7 @@ async def await_answer(client: SignalingClient, pending: Pending, timeout: float
         opened.set_result(None)
     else:
         pending.dc.once("open", lambda: _settle(opened, None))
-    await pending.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+    await _apply(pending.pc, sdp, "answer")
     await _wait_open(pending.pc, opened, timeout=30.0)
     return peer
 
@@ -147,7 +148,7 @@ async def answer(
             channel.once("open", lambda: _settle(opened, channel))
 
     try:
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await _apply(pc, sdp, "offer")
         await pc.setLocalDescription(await pc.createAnswer())
         payload = _signed(identity, "answer", key, pc.localDescription.sdp, name)
         await client.post_answer(key, codes.seal(seal_key, "answer", payload))
@@ -156,6 +157,14 @@ async def answer(
         await pc.close()
         raise
     return pc, dc, peer
+
+
+async def _apply(pc: RTCPeerConnection, sdp: str, kind: str) -> None:
+    """Set the peer's description, translating aiortc's errors at the boundary."""
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+    except (ValueError, TypeError, KeyError, InvalidStateError, InvalidAccessError) as exc:
+        raise ConnectionError(f"the peer's connection {kind} is not usable: {exc}") from exc
 
 
 def _settle(fut: asyncio.Future[Any], value: Any) -> None:

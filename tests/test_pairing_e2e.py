@@ -132,3 +132,35 @@ def test_expired_id_fails_fast() -> None:
         assert time.monotonic() - start < 3
     finally:
         loop.run(runner.cleanup(), timeout=10)
+
+
+def test_the_server_cannot_read_what_it_relays(monkeypatch: pytest.MonkeyPatch, signaling_url: str) -> None:
+    """Everything the server stores during a real pairing is sealed: no SDP, address or fingerprint in it."""
+    from duet.signaling import server
+
+    stored: list[str] = []
+    create, post = server.Registry.create, server.Registry.post_answer
+
+    def record_create(self: server.Registry, key: str, offer: str, client: str) -> None:
+        stored.extend([key, offer])
+        create(self, key, offer, client)
+
+    def record_answer(self: server.Registry, pairing: server.Pairing, answer: str) -> None:
+        stored.append(answer)
+        post(self, pairing, answer)
+
+    monkeypatch.setattr(server.Registry, "create", record_create)
+    monkeypatch.setattr(server.Registry, "post_answer", record_answer)
+    owner = duet.launch_duet(signaling_url=signaling_url, quiet=True, name="ward-3")
+    try:
+        sci = duet.join_duet(owner.session_id, signaling_url=signaling_url, name="alice")
+        owner.wait_for_peer(timeout=10)
+        assert len(stored) == 3
+        blob = " ".join(stored)
+        for secret in ("a=fingerprint", "candidate", "127.0.0.1", "ice-ufrag", "ward-3", "alice", owner.session_id):
+            assert secret not in blob
+        assert owner.identity.fingerprint not in blob and sci.identity.fingerprint not in blob
+        assert sci.peer is not None and sci.peer.fingerprint == owner.identity.fingerprint
+        sci.close()
+    finally:
+        owner.close()
