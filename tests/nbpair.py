@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import html.parser
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from nbformat import NotebookNode
 __all__ = ["PairError", "PairResult", "run_pair", "table", "tagged", "text"]
 
 READY_TAG = "ready"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class ThisPython(KernelSpecManager):
@@ -82,7 +84,10 @@ async def _run(
                 try:
                     await client.async_execute_cell(cell, index)
                 except (CellExecutionError, CellTimeoutError) as exc:
-                    raise PairError(f"{side.label} notebook, cell {index}:\n{exc}{_tail(side.log)}") from None
+                    message = _ANSI.sub("", str(exc))
+                    raise PairError(
+                        f"{side.label} notebook, cell {index}:\n{message}{_tail(side.log)}"
+                    ) from None
                 if ready is not None and READY_TAG in cell.metadata.get("tags", []):
                     ready.set()
     if ready is not None and not ready.is_set():
