@@ -5,29 +5,54 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from . import codec, loop
-from .errors import DuetError, PermissionDenied, ProtocolError
+from .errors import DuetError, PermissionDenied, ProtocolError, QuotaExceeded
 from .remote.allowlist import Allowlist
 from .remote.executor import Executor
-from .remote.store import Quotas, Store
-from .requests.queue import AlreadyDecided, Request, RequestQueue
+from .remote.store import Entry, Quotas, Store
+from .requests.queue import MAX_NAME, MAX_REASON, Request, RequestQueue
 
 if TYPE_CHECKING:
-    from .transport import Message
+    from .requests.history import RecordDB
+    from .transport import Channel, Message
 
-__all__ = ["OwnerService"]
+__all__ = ["OwnerService", "error_header"]
 
 log = logging.getLogger("duet.owner")
-_MAX_WAITING = 10_000
+
+MAX_WAITERS = 64  # messages that may wait on one request (identical requests share one)
+MAX_TIMEOUT = 7 * 86400.0  # the longest a request may wait for the owner
+CLOSE_AFTER_REFUSAL = 1.0  # seconds a refused scientist has to read the refusal before the owner hangs up
+_DECLINE = "no handler grants it (use request_block=True to ask the owner)"
 
 
 def error_header(exc: BaseException) -> dict[str, Any]:
     kind = getattr(exc, "remote_type", None) or type(exc).__name__
     message = getattr(exc, "remote_message", None)
     return {"t": "error", "kind": kind, "message": str(exc if message is None else message)[:1000]}
+
+
+class _Waiter:
+    """Who waits for a request's decision: where to reply, and whether to free the object after. Keeps
+    nothing else of the message (a parked request must not hold the peer's header or buffers)."""
+
+    __slots__ = ("channel", "cid", "delete")
+
+    def __init__(self, msg: Message, delete: bool) -> None:
+        self.channel: Channel = msg.channel
+        self.cid = msg.header.get("id")
+        self.delete = delete
+
+    def reply(self, header: dict[str, Any], buffers: list[Any] | None = None) -> None:
+        if self.cid is not None and not self.channel.closed:
+            self.channel.send({**header, "re": self.cid}, buffers or ())
 
 
 class OwnerService:
@@ -45,17 +70,26 @@ class OwnerService:
         self._requester = requester
         self.requests = RequestQueue(on_decided=self._on_decided, value_of=self._value_of, db_path=db_path)
         db = self.requests.db
-        self.store = Store(quotas, on_publish=(lambda e: db.record_object(_object_record(e))) if db else None)
+        self.store = Store(
+            quotas,
+            on_publish=(lambda e: db.record_object(_object_record(e))) if db else None,
+            on_remove=(lambda e: db.record_object_removed(e.id)) if db else None,
+        )
         self.executor = Executor(self.store, allowlist)
         self.log = self.executor.log
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="duet-exec")
-        self._waiting: dict[str, list[tuple[Message, bool]]] = {}
+        self._waiting: dict[str, list[_Waiter]] = {}
+        self._requests_made = 0
         self._approved = asyncio.Event()
         self._join_request: Request | None = None
         self._approve_join = approve_join
         if not approve_join:
             self._approved.set()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def db(self) -> RecordDB | None:
+        return self.requests.db
 
     def handlers(self) -> dict[str, Callable[[Message], Any]]:
         return {
@@ -67,13 +101,22 @@ class OwnerService:
         }
 
     def start(self) -> None:
-        task = asyncio.ensure_future(self._expiry())
+        """(loop thread) The scientist is connected: expire requests on time, and warm torch up while the
+        scientist looks at the store rather than on its first call (a daemon thread: a short session's
+        process need not wait for it)."""
+        self._own(self._expiry())
+        threading.Thread(target=_warm_up, name="duet-warm-up", daemon=True).start()
+
+    def _own(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
 
     def close(self) -> None:
@@ -92,13 +135,13 @@ class OwnerService:
             msg.reply({"t": "welcome"})
             return
         if self._join_request is None:
-            req = Request(kind="join", name="join", reason="asks to join the session", requester=self._requester())
+            req = Request(kind="join", reason="asks to join the session", requester=self._requester())
             try:
                 self._join_request = self.requests.submit(req)
             except DuetError as exc:
                 msg.reply(error_header(exc))
                 return
-        self._wait_for(self._join_request, msg, True)
+        self._wait_for(self._join_request, msg, False)
 
     def _guard(self, handler: Callable[[Message], Any]) -> Callable[[Message], Any]:
         def guarded(msg: Message) -> Any:
@@ -108,6 +151,10 @@ class OwnerService:
             return handler(msg)
 
         return guarded
+
+    async def _hang_up(self, channel: Channel, reason: str) -> None:
+        await asyncio.sleep(CLOSE_AFTER_REFUSAL)
+        await channel.close(reason)
 
     # ---- calls, metadata, listing ---------------------------------------------------------------------
 
@@ -122,7 +169,8 @@ class OwnerService:
             return
         for oid, error in failures:
             msg.channel.send(
-                {"t": "failed", "o": oid, "kind": error.remote_type, "message": error.remote_message}, ordered=False
+                {"t": "failed", "o": oid, "kind": error.remote_type, "message": error.remote_message},
+                ordered=False,
             )
 
     def _on_meta(self, msg: Message) -> None:
@@ -145,48 +193,63 @@ class OwnerService:
     # ---- requests for values --------------------------------------------------------------------------
 
     def _on_req(self, msg: Message) -> None:
-        h = msg.header
         try:
-            entry = self.store.get(h.get("o"))
-            timeout = h.get("timeout", 20)
-            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-                raise ProtocolError("a request's timeout must be a number")
+            entry, block, delete = self._checked_req(msg)
         except DuetError as exc:
             msg.reply(error_header(exc))
             return
-        if entry.error is not None:
-            msg.reply(error_header(entry.error))
-            return
-        meta = entry.meta
+        h, meta = msg.header, entry.meta
+        timeout = float(h.get("timeout", 20))
         req = Request(
             kind="value",
-            name=str(h.get("name", ""))[:200],
-            reason=str(h.get("reason", ""))[:2000],
+            name=h.get("name", "")[:MAX_NAME],
+            reason=h.get("reason", "")[:MAX_REASON],
             requester=self._requester(),
             object_id=entry.id,
             object_type=meta.get("type"),
             shape=tuple(meta["shape"]) if meta.get("shape") is not None else None,
             tags=entry.tags,
             elements=int(meta.get("numel", 1) or 0),
-            timeout_secs=-1 if timeout < 0 else min(float(timeout), 7 * 86400),
+            timeout_secs=-1 if timeout < 0 else min(timeout, MAX_TIMEOUT),
         )
-        if len(self._waiting) >= _MAX_WAITING:
-            msg.reply(error_header(PermissionDenied("too many requests are waiting for the owner")))
-            return
         try:
-            req = self.requests.submit(req)
+            req = self.requests.submit(req, wait=block, decline=_DECLINE)
         except DuetError as exc:
             msg.reply(error_header(exc))
             return
-        self._wait_for(req, msg, bool(h.get("delete")))
-        if req.pending and not h.get("block"):
-            try:
-                self.requests.deny(req, "no handler grants it (use request_block=True to ask the owner)", by="auto")
-            except AlreadyDecided:
-                pass  # the owner decided it in the meantime
+        self._wait_for(req, msg, delete)
+
+    def _checked_req(self, msg: Message) -> tuple[Entry, bool, bool]:
+        """The object a request names and its block/delete flags; refuses fields of the wrong type, ids the
+        scientist was never given, objects whose call failed, and requests over the session's quota."""
+        h = msg.header
+        if not isinstance(h.get("name", ""), str) or not isinstance(h.get("reason", ""), str):
+            raise ProtocolError("a request's name and reason must be strings")
+        block, delete = h.get("block", False), h.get("delete", False)
+        if type(block) is not bool or type(delete) is not bool:
+            raise ProtocolError("a request's block and delete must be true or false")
+        timeout = h.get("timeout", 20)
+        if type(timeout) not in (int, float) or not math.isfinite(timeout):
+            raise ProtocolError("a request's timeout must be a finite number of seconds (negative: never)")
+        if type(h.get("id")) is not int or msg.buffers:
+            raise ProtocolError("a request has an integer id and carries no buffers")
+        entry = self.store.get(h.get("o"))
+        if entry.error is not None:
+            raise entry.error
+        limit = self.store.quotas.requests
+        if self._requests_made >= limit:
+            raise QuotaExceeded(
+                f"this session has made its {limit} requests: ask the owner for a new session"
+            )
+        self._requests_made += 1
+        return entry, block, delete
 
     def _wait_for(self, req: Request, msg: Message, delete: bool) -> None:
-        self._waiting.setdefault(req.id, []).append((msg, delete))
+        waiters = self._waiting.setdefault(req.id, [])
+        if len(waiters) >= MAX_WAITERS:
+            msg.reply(error_header(QuotaExceeded(f"{MAX_WAITERS} identical requests are already waiting")))
+            return
+        waiters.append(_Waiter(msg, delete))
         if not req.pending:
             loop.get_loop().call_soon(self._deliver, req)
 
@@ -194,36 +257,60 @@ class OwnerService:
         loop.get_loop().call_soon_threadsafe(self._deliver, req)
 
     def _deliver(self, req: Request) -> None:
-        waiting = [(m, d) for m, d in self._waiting.pop(req.id, []) if not m.channel.closed]
+        """(loop thread) Answer everyone waiting on a decided request."""
+        waiting = self._waiting.pop(req.id, [])
         if req.kind == "join":
-            if req.status == "accepted":
-                self._approved.set()
-            for msg, _ in waiting:
-                msg.reply({"t": "welcome"} if req.status == "accepted" else {"t": "error", "kind": "PermissionDenied",
-                          "message": f"the owner did not let you join ({req.status}{': ' + req.deny_reason if req.deny_reason else ''})"})
+            self._deliver_join(req, waiting)
             return
-        for msg, delete in waiting:
+        for waiter in waiting:
             try:
-                if req.status == "accepted":
-                    entry = self.store.get(req.object_id)
-                    buffers: list[Any] = []
-                    tree = codec.encode(entry.obj, buffers)
-                    # a snapshot: later calls may change the object while the reply is still being sent
-                    msg.reply({"t": "value", "status": "accepted", "v": tree}, [bytes(b) for b in buffers])
-                    if delete:
-                        self.store.release(entry.id)
-                else:
-                    msg.reply({"t": "value", "status": req.status, "reason": req.deny_reason})
-            except DuetError as exc:
-                msg.reply(error_header(exc))
-            except (TypeError, ValueError) as exc:
-                msg.reply(error_header(PermissionDenied(f"this value cannot be sent: {exc}")))
+                waiter.reply(*self._answer(req, waiter.delete))
+            except DuetError:
+                log.info("could not answer request %s: the session is closed", req.id)
+
+    def _answer(self, req: Request, delete: bool) -> tuple[dict[str, Any], list[Any]]:
+        if req.status != "accepted":
+            return {"t": "value", "status": req.status, "reason": req.deny_reason}, []
+        try:
+            entry = self.store.get(req.object_id)
+            buffers: list[Any] = []
+            tree = codec.encode(entry.obj, buffers)
+        except DuetError as exc:
+            return error_header(exc), []
+        except (TypeError, ValueError) as exc:
+            return error_header(PermissionDenied(f"this value cannot be sent: {exc}")), []
+        # a snapshot: later calls may change the object while the reply is still being sent
+        snapshot = [bytes(b) for b in buffers]
+        if delete:
+            self.store.release(entry.id)
+        return {"t": "value", "status": "accepted", "v": tree}, snapshot
+
+    def _deliver_join(self, req: Request, waiting: list[_Waiter]) -> None:
+        if req.status == "accepted":
+            self._approved.set()
+            for waiter in waiting:
+                waiter.reply({"t": "welcome"})
+            return
+        why = f"{req.status}: {req.deny_reason}" if req.deny_reason else req.status
+        refusal = error_header(PermissionDenied(f"the owner did not let you join ({why})"))
+        for waiter in waiting:
+            waiter.reply(refusal)
+        for channel in {id(w.channel): w.channel for w in waiting}.values():
+            self._own(self._hang_up(channel, "the owner did not let the scientist join"))
 
     def _value_of(self, req: Request) -> Any:
         return self.store.get(req.object_id).obj
 
 
-def _object_record(entry: Any) -> dict[str, Any]:
+def _warm_up() -> None:
+    """The executor's first dry run on torch's meta device imports torch._dynamo (seconds): do it now."""
+    try:
+        (torch.empty(2, device="meta") * 2).mean()
+    except Exception:  # noqa: BLE001 - only a warm-up
+        log.debug("meta warm-up failed", exc_info=True)
+
+
+def _object_record(entry: Entry) -> dict[str, Any]:
     public = entry.public()
     return {
         "id": entry.id,

@@ -28,7 +28,9 @@ class StoreView:
     def pandas(self) -> Any:
         import pandas as pd
 
-        return pd.DataFrame([{k: i.get(k) for k in STORE_COLUMNS} for i in self._items()], columns=STORE_COLUMNS)
+        return pd.DataFrame(
+            [{k: i.get(k) for k in STORE_COLUMNS} for i in self._items()], columns=STORE_COLUMNS
+        )
 
     def _pointer(self, item: dict[str, Any]) -> Pointer:
         return Pointer(self._remote, str(item["id"]), meta=item, owned=False)

@@ -27,6 +27,7 @@ class Quotas:
     tensor_bytes: int = 1 << 30  # one tensor created by a call or sent by the scientist
     objects: int = 100_000  # objects the scientist's calls keep alive
     call_seconds: float = 60.0  # one call's time
+    requests: int = 100_000  # requests for values (and joins) one session may make; each is kept on record
     error_detail: bool = True  # False: the scientist sees the remote exception's type only
 
 
@@ -83,13 +84,19 @@ def _meta(obj: Any) -> dict[str, Any]:
 class Store:
     """Objects by id. Published objects are the owner's; the rest were made by the scientist's calls."""
 
-    def __init__(self, quotas: Quotas | None = None, on_publish: Callable[[Entry], None] | None = None) -> None:
+    def __init__(
+        self,
+        quotas: Quotas | None = None,
+        on_publish: Callable[[Entry], None] | None = None,
+        on_remove: Callable[[Entry], None] | None = None,
+    ) -> None:
         self.quotas = quotas or Quotas()
         self._entries: dict[str, Entry] = {}
         self._lock = threading.RLock()
         self._scientist_bytes = 0
         self._scientist_count = 0
         self._on_publish = on_publish
+        self._on_remove = on_remove
 
     # ---- owner API ---------------------------------------------------------------------------------
 
@@ -98,8 +105,9 @@ class Store:
         if isinstance(tags, str):
             tags = [tags]
         meta = _meta(obj)
+        tag_tuple = tuple(dict.fromkeys(str(t) for t in tags))  # in the owner's order, each once
         entry = Entry(
-            "p" + secrets.token_hex(8), obj, str(name), tuple(str(t) for t in tags), str(description), True, meta=meta
+            "p" + secrets.token_hex(8), obj, str(name), tag_tuple, str(description), True, meta=meta
         )
         with self._lock:
             if name and any(e.published and e.name == name for e in self._entries.values()):
@@ -110,9 +118,14 @@ class Store:
         return entry
 
     def remove(self, key: str | int) -> None:
+        """Unpublish an object (by name, tag, position or id prefix): the scientist no longer sees or reaches
+        it. What the scientist computed from it stays until released."""
         entry = self.entry(key)
         with self._lock:
-            self._entries.pop(entry.id, None)
+            if self._entries.pop(entry.id, None) is None:
+                return
+        if self._on_remove is not None:
+            self._on_remove(entry)
 
     def entry(self, key: str | int) -> Entry:
         """A published entry by name, tag, integer position or an id prefix of 6+ characters."""
@@ -121,7 +134,7 @@ class Store:
             try:
                 return published[key]
             except IndexError:
-                raise KeyError(f"no published object at position {key} ({len(published)} published)") from None
+                raise KeyError(f"no published object at position {key} ({len(published)} in all)") from None
         for match in (
             lambda e: e.name == key,
             lambda e: key in e.tags,
@@ -167,6 +180,11 @@ class Store:
     def scientist_bytes(self) -> int:
         return self._scientist_bytes
 
+    def holds(self, oid: str) -> bool:
+        """True if an object (published or made by a call) has this exact id."""
+        with self._lock:
+            return oid in self._entries
+
     def get(self, oid: Any) -> Entry:
         """The entry a pointer names; refuses ids the scientist was never given."""
         if not isinstance(oid, str):
@@ -181,7 +199,7 @@ class Store:
         """Store a result under the id the scientist chose (never replacing an existing object)."""
         if not isinstance(oid, str) or not oid.startswith("s") or len(oid) > 40:
             raise ProtocolError("result ids are strings the scientist allocates, starting with 's'")
-        meta = _meta(obj) if error is None else {"type": None}
+        meta: dict[str, Any] = _meta(obj) if error is None else {"type": None}
         size = int(meta.get("size_bytes", 0))
         q = self.quotas
         with self._lock:

@@ -14,7 +14,10 @@ Decisions others rely on:
 - ``submit`` stamps ``created_at`` with the queue's clock (arrival on the owner's side), truncates the
   scientist's ``name``/``reason``, treats a negative or non-finite ``timeout_secs`` as -1 (never), and
   returns the existing request for a duplicate of a pending one (same kind, object_id, name, reason,
-  requester): the session must then follow the returned request, not the one it built.
+  requester): the session must then follow the returned request, not the one it built. A request that
+  may not wait (``wait=False``) is decided within ``submit``: by a handler, else denied (``"auto"``).
+- ``max_pending`` bounds the requests waiting for the owner; a request a handler decides at once does not
+  count, so a flood of undecided requests never blocks what the owner's handlers grant.
 - Adding a handler also applies the handler list to the requests already pending.
 - ``close`` expires every pending request (``decided_by="close"``) so the record has no loose ends.
 """
@@ -198,12 +201,15 @@ class RequestQueue:
 
     # -- submission, decisions, expiry --------------------------------------------------------------------
 
-    def submit(self, req: Request) -> Request:
+    def submit(self, req: Request, *, wait: bool = True, decline: str = "") -> Request:
         """Queue a request (called by the session); handlers decide it at once if one matches.
 
-        Returns ``req``, or the already pending identical request. Raises ``QuotaExceeded`` when
-        ``max_pending`` requests are waiting, ``DuetError`` after ``close``, ``ValueError`` for a bad kind,
-        a non-pending status or an id this queue already knows.
+        Returns ``req``, or the already pending identical request. With ``wait=False`` (a ``get`` without
+        ``request_block``) the request never waits for the owner: no handler matching means it is denied at
+        once (``decided_by="auto"``, reason ``decline``), and it is never merged with a pending one. Raises
+        ``QuotaExceeded`` when ``max_pending`` requests are waiting and this one would wait too (a request a
+        handler decides at once is never refused so), ``DuetError`` after ``close``, ``ValueError`` for a
+        bad kind, a non-pending status or an id this queue already knows.
         """
         if req.kind not in KINDS:
             raise ValueError(f"request kind must be one of {KINDS}, not {req.kind!r}")
@@ -214,13 +220,15 @@ class RequestQueue:
             if self._closed:
                 raise DuetError("the request queue is closed")
             self._sanitize(req)
-            key = req._dedup_key()
-            for other in self._pending:
-                if other._dedup_key() == key:
-                    return other
+            if wait:
+                key = req._dedup_key()
+                for other in self._pending:
+                    if other._dedup_key() == key:
+                        return other
             if req.id in self._known:
                 raise ValueError(f"request id {req.id!r} is already in use")
-            if len(self._pending) >= self.max_pending:
+            handler = self._handlers.first_match(req)
+            if handler is None and wait and len(self._pending) >= self.max_pending:
                 raise QuotaExceeded(f"too many pending requests ({self.max_pending}); wait for the owner")
             now = self.clock()
             req.created_at = _utc(now)
@@ -230,9 +238,11 @@ class RequestQueue:
             req._queue = self
             self._known[req.id] = req
             self._pending.append(req)
-            handler = self._handlers.first_match(req)
             if handler is not None:
                 outcomes.append(self._decide_by_handler(req, handler))
+            elif not wait:
+                self._decide(req, "denied", "auto", str(decline))
+                outcomes.append((req, None))
         self._notify("submitted", req)
         self._finish(outcomes)
         return req

@@ -80,7 +80,7 @@ def main() -> None:
         elif cmd == "wait":  # wait SECONDS EXPR: until EXPR holds, re-checked on each request-queue event
             seconds, _, expr = rest.partition(" ")
             with changed:
-                ok = changed.wait_for(lambda: bool(eval(expr, ns)), float(seconds))  # noqa: S307
+                ok = changed.wait_for(lambda e=expr: bool(eval(e, ns)), float(seconds))  # noqa: S307
             say("WAITED", ok)
         elif cmd == "exit":
             break
