@@ -257,18 +257,24 @@ class OwnerService:
         loop.get_loop().call_soon_threadsafe(self._deliver, req)
 
     def _deliver(self, req: Request) -> None:
-        """(loop thread) Answer everyone waiting on a decided request."""
+        """(loop thread) Answer everyone waiting on a decided request: one answer (one snapshot of the
+        value) for all of them; the object is freed after if any asked ``delete_obj``."""
         waiting = self._waiting.pop(req.id, [])
         if req.kind == "join":
             self._deliver_join(req, waiting)
             return
+        if not waiting:
+            return
+        header, buffers = self._answer(req)
         for waiter in waiting:
             try:
-                waiter.reply(*self._answer(req, waiter.delete))
+                waiter.reply(header, buffers)
             except DuetError:
                 log.info("could not answer request %s: the session is closed", req.id)
+        if header.get("status") == "accepted" and any(w.delete for w in waiting):
+            self.store.release(req.object_id)
 
-    def _answer(self, req: Request, delete: bool) -> tuple[dict[str, Any], list[Any]]:
+    def _answer(self, req: Request) -> tuple[dict[str, Any], list[Any]]:
         if req.status != "accepted":
             return {"t": "value", "status": req.status, "reason": req.deny_reason}, []
         try:
@@ -280,10 +286,7 @@ class OwnerService:
         except (TypeError, ValueError) as exc:
             return error_header(PermissionDenied(f"this value cannot be sent: {exc}")), []
         # a snapshot: later calls may change the object while the reply is still being sent
-        snapshot = [bytes(b) for b in buffers]
-        if delete:
-            self.store.release(entry.id)
-        return {"t": "value", "status": "accepted", "v": tree}, snapshot
+        return {"t": "value", "status": "accepted", "v": tree}, [bytes(b) for b in buffers]
 
     def _deliver_join(self, req: Request, waiting: list[_Waiter]) -> None:
         if req.status == "accepted":

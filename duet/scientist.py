@@ -65,7 +65,17 @@ class StoreView:
 
 
 class OwnRequests(list[RequestHandle]):
-    """``d.requests`` on the scientist's side: its own requests and their status."""
+    """``d.requests`` on the scientist's side: its own requests and their status, the latest ``limit`` of
+    them (a training loop's ``loss.get()`` per batch must not grow it, nor keep every value, forever)."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def append(self, handle: RequestHandle) -> None:
+        super().append(handle)
+        if len(self) > self.limit:
+            del self[: len(self) - self.limit]
 
     @property
     def pandas(self) -> Any:
@@ -76,6 +86,8 @@ class OwnRequests(list[RequestHandle]):
 
 
 class ScientistService:
+    """The scientist's parts of a session: the owner's store as pointers, remote torch and Python, requests."""
+
     def __init__(self, channel_of: Callable[[], Channel], peer_name: Callable[[], str]) -> None:
         self.remote = Remote(channel_of, peer_name)
         self.remote.requests = self.requests = OwnRequests()

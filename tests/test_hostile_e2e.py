@@ -226,6 +226,13 @@ def test_request_flood(mallory: tuple[Peer, Duet, str]) -> None:
     replies = send_all(d, [{"t": "req", "o": ages, "name": f"nb{i}"} for i in range(500)])
     assert collections.Counter(map(_outcome, replies.result(30))) == {"denied": 500}
     assert ask(owner, "len(d.requests)") == 0
+    # and a session has a quota of requests in all (each one is kept on record)
+    owner.run("import dataclasses\nd.store.quotas = dataclasses.replace(d.store.quotas, requests=0)")
+    try:
+        reply = call(d, {"t": "req", "o": ages, "name": "legit"})
+        assert (reply["t"], reply["kind"]) == ("error", "QuotaExceeded")
+    finally:
+        owner.run("d.store.quotas = dataclasses.replace(d.store.quotas, requests=100_000)")
 
 
 def _outcome(reply: Any) -> str:
