@@ -13,6 +13,7 @@ import functools
 import itertools
 import threading
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from .pointer import Pointer
 if TYPE_CHECKING:
     from ..transport import Channel, Message
 
-__all__ = ["Remote", "RequestHandle", "raise_remote"]
+__all__ = ["Remote", "RemoteWarning", "RequestHandle", "raise_remote"]
 
 _ERRORS: dict[str, type[DuetError]] = {
     "PermissionDenied": PermissionDenied,
@@ -56,6 +57,15 @@ def _prefixes() -> frozenset[str]:
 @functools.cache
 def _property_names() -> frozenset[str]:
     return frozenset(n for names in DEFAULT_ALLOWLIST.tables()["properties"].values() for n in names)
+
+
+@functools.cache
+def _method_names() -> frozenset[str]:
+    return frozenset(n for names in DEFAULT_ALLOWLIST.tables()["methods"].values() for n in names)
+
+
+class RemoteWarning(UserWarning):
+    """A remote call failed, and its result had already been dropped (``x[0] = v``, ``loss.backward()``)."""
 
 
 def raise_remote(header: dict[str, Any]) -> None:
@@ -79,7 +89,9 @@ class RequestHandle:
         self._done = threading.Event()
         self._error: BaseException | None = None
 
-    def _settle(self, status: str, value: Any = None, reason: str = "", error: BaseException | None = None) -> None:
+    def _settle(
+        self, status: str, value: Any = None, reason: str = "", error: BaseException | None = None
+    ) -> None:
         self.status, self.value, self.deny_reason, self._error = status, value, reason, error
         self._done.set()
 
@@ -107,6 +119,9 @@ class Remote:
         self._scheduled = False
         self.requests: list[RequestHandle] = []
         self.failures: dict[str, RemoteError] = {}
+        self._live: weakref.WeakValueDictionary[str, Pointer] = weakref.WeakValueDictionary()
+        self._dropped: collections.deque[RemoteError] = collections.deque(maxlen=100)
+        self.refused: collections.deque[RemoteError] = collections.deque(maxlen=1000)
         self.ops_sent = 0
 
     # ---- ids, encoding, queueing -------------------------------------------------------------------
@@ -125,8 +140,8 @@ class Remote:
             raise TypeError(f"cannot send this argument to the owner: {exc}") from exc
 
     def _queue(self, op: dict[str, Any], buffers: list[Any]) -> None:
-        if buffers:
-            op["b"] = [0, len(buffers)]
+        # a snapshot: the caller may change its tensors in place before the frame leaves
+        buffers = [bytes(b) for b in buffers]
         with self._lock:
             self._ops.append((op, buffers))
             if self._scheduled:
@@ -138,15 +153,21 @@ class Remote:
         self._releases.append(oid)  # from a finalizer: no lock, no I/O
 
     def _flush(self) -> None:
-        """(loop thread) Send every queued op, then the releases, in one frame."""
+        """(loop thread) Send every queued op, then the releases, in one frame.
+
+        Releases are drained *before* the ops are taken: an op that uses a pointer was queued while the
+        pointer was alive, so before its release, so it is in this batch or an earlier one. (Taking the ops
+        first would let a release overtake the op that uses it, queued meanwhile by the user's thread.)
+        """
+        releases = []
+        while self._releases:
+            releases.append(self._releases.popleft())
         with self._lock:
             self._scheduled = False
             batch = list(self._ops)
             self._ops.clear()
-        releases = []
-        while self._releases:
-            releases.append(self._releases.popleft())
-        ops, buffers = [], []
+        ops: list[dict[str, Any]] = []
+        buffers: list[Any] = []
         for op, bufs in batch:
             if bufs:
                 op["b"] = [len(buffers), len(bufs)]
@@ -162,6 +183,10 @@ class Remote:
         except ConnectionError:
             pass  # the session is over; the blocking call that follows will say so
 
+    def flush_soon(self) -> None:
+        """Send what is queued (ops and releases) in the loop's next tick, without waiting."""
+        loop.get_loop().call_soon_threadsafe(self._flush)
+
     def flush_releases(self) -> None:
         """(loop thread) Periodic: send releases that no batch carried."""
         if self._releases and not self._scheduled:
@@ -174,7 +199,12 @@ class Remote:
 
     def call(self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Pointer:
         buffers: list[Any] = []
-        op = {"k": "call", "p": path, "a": self._encode(list(args), buffers), "kw": self._encode(kwargs, buffers)}
+        op = {
+            "k": "call",
+            "p": path,
+            "a": self._encode(list(args), buffers),
+            "kw": self._encode(kwargs, buffers),
+        }
         return self._emit(op, buffers)
 
     def method(self, ptr: Pointer, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Pointer:
@@ -198,7 +228,9 @@ class Remote:
         return self._emit({"k": "put", "v": self._encode(value, buffers)}, buffers)
 
     def container(self, children: dict[str, Pointer], label: str = "Module") -> Pointer:
-        return self._emit({"k": "mod", "c": {k: p._duet_id for k, p in children.items()}, "n": label[:100]}, [])
+        return self._emit(
+            {"k": "mod", "c": {k: p._duet_id for k, p in children.items()}, "n": label[:100]}, []
+        )
 
     def context(self, path: str, enter: bool) -> None:
         self._queue({"k": "ctx", "p": path, "e": enter}, [])
@@ -207,6 +239,7 @@ class Remote:
         oid = self.new_id()
         op["o"] = oid
         ptr = self._new_pointer(oid)
+        self._live[oid] = ptr
         self._queue(op, buffers)
         return ptr
 
@@ -231,7 +264,11 @@ class Remote:
         return None
 
     def is_property(self, ptr: Pointer, name: str) -> bool:
-        return name in _property_names()
+        """Whether ``ptr.name`` reads an attribute (a property, a module's layer or weight) or names a method."""
+        props, methods = _property_names(), _method_names()
+        if name in props and name in methods:  # "values": a Tuple's property, a Dict's method
+            return ptr._duet_metadata("type").get("type") not in ("dict", "OrderedDict")
+        return name in props or name not in methods
 
     # ---- blocking calls --------------------------------------------------------------------------------
 
@@ -240,7 +277,18 @@ class Remote:
             self._flush()
             return await self._channel_of().request(header, timeout=timeout)
 
-        return loop.run(go())
+        try:
+            return loop.run(go())
+        finally:
+            self.warn_dropped()
+
+    def warn_dropped(self) -> None:
+        """(user's thread) Warn about failed calls whose results nobody held, so nothing else raised them."""
+        while self._dropped:
+            error = self._dropped.popleft()
+            warnings.warn(
+                f"a remote call whose result was not kept failed: {error}", RemoteWarning, stacklevel=4
+            )
 
     def metadata(self, ptr: Pointer) -> dict[str, Any]:
         reply = self._request_sync({"t": "meta", "o": ptr._duet_id}, timeout=60)
@@ -333,7 +381,9 @@ class Remote:
                 )
             if strict:
                 raise RequestDenied(f"request {handle.name!r} was denied{': ' + reason if reason else ''}")
-            warnings.warn(f"request {handle.name!r} was denied{': ' + reason if reason else ''}", stacklevel=4)
+            warnings.warn(
+                f"request {handle.name!r} was denied{': ' + reason if reason else ''}", stacklevel=4
+            )
             return None
         if status == "expired":
             handle._settle("expired", reason=reason)
@@ -346,12 +396,17 @@ class Remote:
     # ---- notices from the owner ------------------------------------------------------------------------
 
     def on_failed(self, msg: Message) -> None:
+        """A pipelined op failed. Kept for display only: the blocking call that depends on it raises."""
         oid = msg.header.get("o")
-        error = RemoteError(str(msg.header.get("kind", "")), str(msg.header.get("message", "")))
-        if isinstance(oid, str):
+        error = RemoteError(str(msg.header.get("kind", ""))[:100], str(msg.header.get("message", ""))[:1000])
+        if isinstance(oid, str) and oid:
             self.failures[oid] = error
-        if len(self.failures) > 10_000:
-            self.failures.pop(next(iter(self.failures)))
+            if len(self.failures) > 10_000:
+                self.failures.pop(next(iter(self.failures)))
+            if oid not in self._live:  # nobody holds its result: say so at the next blocking call
+                self._dropped.append(error)
+        else:  # an op the owner could not even attribute to a result (a malformed op)
+            self.refused.append(error)
 
 
 async def periodic_release(remote: Remote, stop: asyncio.Event, every: float = 0.25) -> None:

@@ -13,7 +13,16 @@ One op is a dict the scientist sent (see docs/protocol.md)::
 
 Arguments decode through :mod:`duet.codec` (data only; pointers resolve to the owner's own store). A
 failing op stores its error under its result id, so every later op that uses it fails the same way and the
-scientist sees it on the next blocking call that depends on it.
+scientist sees it on the next blocking call that depends on it. A malformed op (not a dict, no kind, bad
+ids) is refused as a ``ProtocolError`` and reported under its result id if it has a usable one, else "".
+
+Quotas (:class:`~duet.remote.store.Quotas`): sizes are checked *before* a call where they can be known
+(see :mod:`duet.remote.guards`: meta-device dry runs, item counts), and every result again before it is
+stored. Time is different: a running torch op cannot be interrupted from Python, so ``call_seconds`` is
+checked when the call returns; a call over it has its result dropped (freed, never stored) and the scientist
+gets ``QuotaExceeded`` on the next blocking call that depends on it. While such a call runs, the owner's
+notebook and the connection stay responsive (calls run in the executor's own thread; heartbeats and the
+request queue do not wait for it), but the scientist's later calls queue behind it.
 """
 
 from __future__ import annotations
@@ -30,14 +39,17 @@ import torch
 
 from .. import codec
 from ..errors import DuetError, PermissionDenied, ProtocolError, QuotaExceeded, RemoteError
+from . import guards
 from .allowlist import DEFAULT_ALLOWLIST, Allowlist
 from .store import Entry, Quotas, Store
 
 __all__ = ["Executor", "ActivityLog", "Container"]
 
 LOG_COLUMNS = ["time", "path", "args", "result_type", "result_shape", "status", "duration_ms"]
-_NO_DRY_RUN = frozenset({"backward", "item", "tolist", "numel", "size", "dim", "__len__", "__setitem__"})
 _MAX_CTX = 32
+_MAX_IDS = 100_000  # ids in one "del" op
+
+Handler = Callable[[dict[str, Any], Sequence[Any]], tuple[str, Any, set[str]]]
 
 
 class Container(torch.nn.Module):
@@ -87,11 +99,15 @@ class ActivityLog:
         return {"calls": self.total, "failed": self.failed, "most_used": paths.most_common(5)}
 
 
-def _kind(x: Any) -> str:
+def _kind(x: Any, depth: int = 0) -> str:
+    """An argument as the activity log shows it: its type and shape, never its value."""
     if isinstance(x, torch.Tensor):
         return f"Tensor{list(x.shape)}"
     if isinstance(x, (list, tuple)):
-        return type(x).__name__ + "[" + ",".join(_kind(v) for v in x[:4]) + (",…" if len(x) > 4 else "") + "]"
+        if depth >= 2:
+            return f"{type(x).__name__}[{len(x)}]"
+        items = ",".join(_kind(v, depth + 1) for v in x[:4]) + (",…" if len(x) > 4 else "")
+        return f"{type(x).__name__}[{items}]"
     if isinstance(x, dict):
         return f"dict[{len(x)}]"
     return type(x).__name__
@@ -100,14 +116,22 @@ def _kind(x: Any) -> str:
 class Executor:
     """Runs the scientist's ops against the store, through the allowlist and the quotas."""
 
-    def __init__(self, store: Store, allowlist: Allowlist | None = None, quotas: Quotas | None = None) -> None:
+    def __init__(
+        self, store: Store, allowlist: Allowlist | None = None, quotas: Quotas | None = None
+    ) -> None:
         self.store = store
         self.allowlist = allowlist or DEFAULT_ALLOWLIST
-        self.quotas = quotas or store.quotas
+        self._quotas = quotas
         self.log = ActivityLog()
         self._grad_stack: list[bool] = []
         self._lock = threading.Lock()
-        self._table: dict[str, Callable[[dict[str, Any], Sequence[Any]], tuple[str, Any, set[str]]]] = {
+        self._claimed = 0
+        self._used: set[int] = set()
+        self._last_args = ""
+        # torch imports its meta decompositions on the first dry run of a linear layer: do it now, aside
+        self._warm_up = threading.Thread(target=guards.warm_up, name="duet-warm-up", daemon=True)
+        self._warm_up.start()
+        self._table: dict[str, Handler] = {
             "call": self._call,
             "meth": self._meth,
             "attr": self._attr,
@@ -115,6 +139,15 @@ class Executor:
             "put": self._put,
             "mod": self._mod,
         }
+
+    @property
+    def quotas(self) -> Quotas:
+        """The session's quotas: the store's, unless the executor was given its own."""
+        return self._quotas or self.store.quotas
+
+    @quotas.setter
+    def quotas(self, quotas: Quotas) -> None:
+        self._quotas = quotas
 
     # ---- entry point -------------------------------------------------------------------------------
 
@@ -132,46 +165,38 @@ class Executor:
         return failures
 
     def _run_one(self, op: Any, buffers: Sequence[Any]) -> tuple[str, RemoteError] | None:
-        if not isinstance(op, dict) or not isinstance(op.get("k"), str):
-            return None
-        kind = op["k"]
-        if kind == "del":
-            ids = op.get("ids")
-            for oid in ids if isinstance(ids, list) else ():
-                self.store.release(oid)
-            return None
         start = time.perf_counter()
-        path = str(op.get("p") or op.get("n") or kind)[:200]
-        out = op.get("o")
+        self._last_args = ""
+        kind = op.get("k") if isinstance(op, dict) else None
+        out = op.get("o") if isinstance(op, dict) else None
+        path = str(op.get("p") or op.get("n") or kind)[:200] if isinstance(op, dict) else "?"
         try:
+            if not isinstance(op, dict) or not isinstance(kind, str):
+                raise ProtocolError("an op must be a dict with a string kind 'k'")
+            if kind == "del":
+                self._del(op)
+                return None
             if kind == "ctx":
                 self._ctx(op)
-                result, tags, args_text = None, set(), ""
-            else:
-                handler = self._table.get(kind)
-                if handler is None:
-                    raise ProtocolError(f"unknown op {kind!r}")
-                bufs = self._slice(op, buffers)
-                path, result, tags = handler(op, bufs)
-                args_text = getattr(self, "_last_args", "")
-            elapsed = time.perf_counter() - start
-            if elapsed > self.quotas.call_seconds:
-                raise QuotaExceeded(f"{path} ran {elapsed:.1f} s, over the {self.quotas.call_seconds:.0f} s limit")
-            self._check_size(result)
-            if kind != "ctx":
-                entry = self.store.put(out, result, tags)
-                self._record(path, args_text, entry, "ok", start)
-            else:
                 self._record(path, "", None, "ok", start)
+                return None
+            handler = self._table.get(kind)
+            if handler is None:
+                raise ProtocolError(f"unknown op kind {kind[:40]!r}")
+            if not isinstance(out, str):
+                raise ProtocolError("an op needs its result id 'o'")
+            path, result, tags = handler(op, self._slice(op, buffers))
+            entry = self.store.put(out, result, tags)
+            self._record(path, self._last_args, entry, "ok", start)
             return None
         except Exception as exc:  # noqa: BLE001 - every failure becomes the scientist's RemoteError
             error = self._as_remote(exc)
-            self._record(path, getattr(self, "_last_args", ""), None, f"{error.remote_type}", start)
-            if isinstance(out, str) and kind != "ctx":
+            self._record(path, self._last_args, None, error.remote_type, start)
+            if isinstance(out, str) and kind not in ("ctx", "del"):
                 try:
                     self.store.put(out, None, (), error=error)
-                except DuetError:
-                    pass
+                except DuetError:  # a bad or reused id: the error goes back unattributed
+                    return "", error
                 return out, error
             return "", error
 
@@ -189,17 +214,29 @@ class Executor:
                 path,
                 args,
                 str(meta.get("type") or ""),
-                str(meta.get("shape") or ""),
+                str(meta.get("shape") if meta.get("shape") is not None else ""),
                 status,
                 round((time.perf_counter() - start) * 1000, 3),
             )
         )
 
+    def _timed(self, path: str, call: Callable[[], Any]) -> Any:
+        """Run the call itself; a result that took over ``call_seconds`` is dropped, never stored."""
+        start = time.perf_counter()
+        result = call()
+        elapsed = time.perf_counter() - start
+        limit = self.quotas.call_seconds
+        if elapsed > limit:
+            del result
+            raise QuotaExceeded(f"{path} ran {elapsed:.2f} s, over the {limit:g} s limit for one call")
+        guards.check_result(result, self.quotas.tensor_bytes, path)
+        return result
+
     # ---- decoding ----------------------------------------------------------------------------------
 
     def _slice(self, op: dict[str, Any], buffers: Sequence[Any]) -> Sequence[Any]:
         """This op's buffers; each buffer of a frame belongs to one op, and backs one tensor at most."""
-        self._used: set[int] = set()
+        self._used = set()
         b = op.get("b")
         if b is None:
             return ()
@@ -222,14 +259,21 @@ class Executor:
             tree, bufs, make_pointer=resolve, max_tensor_bytes=self.quotas.tensor_bytes, used=self._used
         )
 
-    def _args(self, op: dict[str, Any], bufs: Sequence[Any], tags: set[str]) -> tuple[list[Any], dict[str, Any]]:
+    def _args(
+        self, op: dict[str, Any], bufs: Sequence[Any], tags: set[str]
+    ) -> tuple[list[Any], dict[str, Any]]:
         args = self._decode(op.get("a", None), bufs, tags) if op.get("a") is not None else []
         kwargs = self._decode(op.get("kw", None), bufs, tags) if op.get("kw") is not None else {}
         if isinstance(args, tuple):
             args = list(args)
-        if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        if (
+            not isinstance(args, list)
+            or not isinstance(kwargs, dict)
+            or any(type(k) is not str for k in kwargs)
+        ):
             raise ProtocolError("arguments must be a list and keyword arguments a dict with string keys")
-        self._last_args = ", ".join([_kind(a) for a in args] + [f"{k}={_kind(v)}" for k, v in kwargs.items()])[:300]
+        kinds = [_kind(a) for a in args] + [f"{k}={_kind(v)}" for k, v in kwargs.items()]
+        self._last_args = ", ".join(kinds)[:300]
         return args, kwargs
 
     def _self(self, op: dict[str, Any], tags: set[str]) -> Any:
@@ -238,6 +282,9 @@ class Executor:
             raise entry.error
         tags.update(entry.tags)
         return entry.obj
+
+    def _published(self) -> list[Any]:
+        return [e.obj for e in self.store.published()]
 
     # ---- op kinds ----------------------------------------------------------------------------------
 
@@ -249,11 +296,12 @@ class Executor:
         tags: set[str] = set()
         args, kwargs = self._args(op, bufs, tags)
         self.allowlist.check_arguments(path, args, kwargs)
-        if isinstance(fn, type) and issubclass(fn, torch.nn.Module):
-            self._dry_run(fn, args, {**kwargs, "device": "meta"}, path, module=True)
-        else:
-            self._dry_run(fn, args, kwargs, path)
-        return path, self.allowlist.call_function(path, args, kwargs), tags
+        guards.refuse_published_change(
+            self.allowlist, self._published, fn=fn, path=path, args=args, kwargs=kwargs
+        )
+        guards.dry_run_call(fn, path, args, kwargs, self.quotas.tensor_bytes)
+        result = self._timed(path, lambda: self.allowlist.call_function(path, args, kwargs))
+        return path, result, tags
 
     def _meth(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
         tags: set[str] = set()
@@ -264,9 +312,17 @@ class Executor:
         self.allowlist.check_method(obj, name)
         args, kwargs = self._args(op, bufs, tags)
         path = f"{type(obj).__name__}.{name}"
-        if isinstance(obj, torch.Tensor) and name not in _NO_DRY_RUN:
-            self._dry_run(getattr(torch.Tensor, name), [obj, *args], kwargs, path)
-        return path, self.allowlist.call_method(obj, name, args, kwargs), tags
+        guards.refuse_published_change(
+            self.allowlist, self._published, obj=obj, name=name, args=args, kwargs=kwargs
+        )
+        guards.check_items_before(obj, name, args, kwargs)
+        limit = self.quotas.tensor_bytes
+        if name == "__call__":
+            guards.dry_run_module(obj, args, kwargs, limit)
+        else:
+            guards.dry_run_method(obj, name, args, kwargs, limit)
+        result = self._timed(path, lambda: self.allowlist.call_method(obj, name, args, kwargs))
+        return path, result, tags
 
     def _attr(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
         tags: set[str] = set()
@@ -285,7 +341,9 @@ class Executor:
         args, kwargs = self._args(op, bufs, tags)
         if kwargs or len(args) > 1:
             raise PermissionDenied(f"python.{name} takes at most one positional argument")
-        return f"python.{name}", cls(*args), tags
+        guards.check_python_args(name, args)
+        path = f"python.{name}"
+        return path, self._timed(path, lambda: cls(*args)), tags
 
     def _put(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
         tags: set[str] = set()
@@ -301,7 +359,7 @@ class Executor:
         container = Container()
         label = op.get("n")
         if isinstance(label, str) and label.isidentifier():
-            container.label = label
+            container.label = label[:100]
         for name, oid in children.items():
             if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
                 raise PermissionDenied(f"refused module attribute name {str(name)[:40]!r}")
@@ -319,57 +377,19 @@ class Executor:
         path, enter = op.get("p"), op.get("e")
         if not isinstance(path, str) or not self.allowlist.is_context(path):
             raise PermissionDenied(f"{str(path)[:80]!r} is not an allowed context")
+        if type(enter) is not bool:
+            raise ProtocolError("a context op says whether it enters ('e': true) or leaves (false)")
         if enter:
             if len(self._grad_stack) >= _MAX_CTX:
-                raise QuotaExceeded("too many nested contexts")
+                raise QuotaExceeded(f"more than {_MAX_CTX} nested contexts")
             self._grad_stack.append(torch.is_grad_enabled())
             torch.set_grad_enabled(path.endswith("enable_grad"))
         elif self._grad_stack:
             torch.set_grad_enabled(self._grad_stack.pop())
 
-    # ---- quotas --------------------------------------------------------------------------------------
-
-    def _dry_run(self, fn: Any, args: list[Any], kwargs: dict[str, Any], path: str, module: bool = False) -> None:
-        """Run the call on torch's meta device first, so a huge allocation is refused before it is made."""
-        try:
-            with torch.no_grad():
-                if module:
-                    result = fn(*args, **kwargs)
-                else:
-                    meta_args = [_to_meta(a) for a in args]
-                    meta_kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
-                    if path.startswith("torch.") and _creates(path):
-                        meta_kwargs["device"] = "meta"
-                    result = fn(*meta_args, **meta_kwargs)
-        except Exception:  # noqa: BLE001 - no meta kernel: the real call decides
-            return
-        self._check_size(result, path)
-
-    def _check_size(self, result: Any, path: str = "the result") -> None:
-        limit = self.quotas.tensor_bytes
-        if isinstance(result, torch.nn.Module):
-            size = sum(p.numel() * p.element_size() for p in result.parameters())
-        elif isinstance(result, torch.Tensor):
-            size = result.numel() * result.element_size()
-        else:
-            return
-        if size > limit:
-            raise QuotaExceeded(f"{path} would make {size:,} bytes, over the {limit:,}-byte limit for one tensor")
-
-
-_CREATORS = frozenset(
-    "tensor zeros ones full empty arange linspace logspace eye rand randn randint randperm normal "
-    "zeros_like ones_like full_like rand_like randn_like empty_like".split()
-)
-
-
-def _creates(path: str) -> bool:
-    return path.rsplit(".", 1)[-1] in _CREATORS
-
-
-def _to_meta(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return torch.empty(x.shape, dtype=x.dtype, device="meta")
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_meta(v) for v in x)
-    return x
+    def _del(self, op: dict[str, Any]) -> None:
+        ids = op.get("ids")
+        if not isinstance(ids, list) or len(ids) > _MAX_IDS:
+            raise ProtocolError(f"a del op needs a list of at most {_MAX_IDS} ids")
+        for oid in ids:
+            self.store.release(oid)  # unknown and published ids are ignored

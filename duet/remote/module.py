@@ -80,7 +80,9 @@ class Module:
             return self._container().load_state_dict(state_dict)
         for name, layer in self._duet_layers.items():
             prefix = name + "."
-            layer.load_state_dict({k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)})
+            layer.load_state_dict(
+                {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            )
         return None
 
     def train(self, mode: bool = True) -> Module:
@@ -107,7 +109,10 @@ class Module:
 
     def __repr__(self) -> str:
         where = "local" if self.is_local else "remote"
-        inner = ", ".join(f"{k}={type(v).__name__ if not isinstance(v, Pointer) else 'remote'}" for k, v in self._duet_layers.items())
+        inner = ", ".join(
+            f"{k}={type(v).__name__ if not isinstance(v, Pointer) else 'remote'}"
+            for k, v in self._duet_layers.items()
+        )
         return f"<{type(self).__name__} ({where}) {inner}>"
 
     # ---- moving between the two sides ----------------------------------------------------------------
@@ -153,13 +158,17 @@ class Module:
         """Bring the trained weights home (through the owner's request queue) as a local model."""
         if self.is_local:
             return self
-        state = self._container().state_dict().get(
-            request_block=request_block,
-            name=name,
-            reason=reason,
-            timeout_secs=timeout_secs,
-            delete_obj=delete_obj,
-            strict=strict,
+        state = (
+            self._container()
+            .state_dict()
+            .get(
+                request_block=request_block,
+                name=name,
+                reason=reason,
+                timeout_secs=timeout_secs,
+                delete_obj=delete_obj,
+                strict=strict,
+            )
         )
         if state is None:
             return None

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 __all__ = ["Pointer", "RemoteNamespace", "RemotePython", "GradContext"]
 
 # answered from the object's metadata, without touching its value
-_META = frozenset({"shape", "dtype", "device", "requires_grad", "ndim", "is_leaf"})
+_META = frozenset({"shape", "dtype", "device", "requires_grad", "ndim"})
+# metadata that can change while the object lives (``requires_grad_()``, ``append``): asked for each time
+_MUTABLE_TYPES = frozenset({"list", "dict", "OrderedDict"})
 
 
 class Pointer:
@@ -27,7 +29,9 @@ class Pointer:
 
     __slots__ = ("_duet_remote", "_duet_id", "_duet_meta", "_duet_finalizer", "__weakref__")
 
-    def __init__(self, remote: Remote, oid: str, meta: dict[str, Any] | None = None, owned: bool = True) -> None:
+    def __init__(
+        self, remote: Remote, oid: str, meta: dict[str, Any] | None = None, owned: bool = True
+    ) -> None:
         self._duet_remote = remote
         self._duet_id = oid
         self._duet_meta = meta
@@ -60,36 +64,46 @@ class Pointer:
         return self._duet_remote.request(self, name=name, reason=reason, timeout_secs=timeout_secs)
 
     def delete(self) -> None:
-        """Free the owner's object now (published objects are never freed)."""
-        if self._duet_finalizer is not None:
+        """Free the owner's object now (published objects are never freed); the pointer is unusable after."""
+        if self._duet_finalizer is not None and self._duet_finalizer.alive:
             self._duet_finalizer()
+            self._duet_remote.flush_soon()
 
     # ---- remote attributes ---------------------------------------------------------------------------
 
-    def _duet_metadata(self) -> dict[str, Any]:
-        if self._duet_meta is None:
-            self._duet_meta = self._duet_remote.metadata(self)
-        return self._duet_meta
+    def _duet_metadata(self, key: str | None = None, fresh: bool = False) -> dict[str, Any]:
+        """The owner's metadata (cached; asked again when ``fresh`` or when it lacks ``key``)."""
+        meta = self._duet_meta
+        if meta is None or fresh or (key is not None and key not in meta):
+            meta = self._duet_remote.metadata(self)
+            self._duet_meta = meta
+        return meta
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
         if name in _META:
-            meta = self._duet_metadata()
-            value = meta.get(name)
-            if name == "shape" and value is not None:
-                return torch.Size(value)
-            if name == "dtype" and value is not None:
-                return getattr(torch, value)
-            if name == "device" and value is not None:
-                return torch.device(value)
-            if name == "ndim" and meta.get("shape") is not None:
-                return len(meta["shape"])
-            return value
-        remote = self._duet_remote
-        if remote.is_property(self, name):
-            return remote.attr(self, name)
+            return self._duet_meta_value(name)
+        if self._duet_remote.is_property(self, name):
+            return self._duet_remote.attr(self, name)
         return _Method(self, name)
+
+    def _duet_meta_value(self, name: str) -> Any:
+        if name == "device":
+            meta = self._duet_meta if self._duet_meta is not None else self._duet_metadata()
+            if meta.get("device") is not None:
+                return torch.device(meta["device"])
+            # the owner computes on CPU (the allowlist refuses every other device)
+            return torch.device("cpu") if meta.get("dtype") and meta.get("shape") is not None else None
+        meta = self._duet_metadata(fresh=name == "requires_grad")
+        if name in ("shape", "ndim"):
+            shape = meta.get("shape")
+            if shape is None:
+                return None
+            return torch.Size(shape) if name == "shape" else len(shape)
+        if name == "dtype":
+            return getattr(torch, meta["dtype"]) if meta.get("dtype") else None
+        return meta.get(name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_duet"):
@@ -101,7 +115,9 @@ class Pointer:
         return self._duet_remote.method(self, "__call__", args, kwargs)
 
     def __len__(self) -> int:
-        meta = self._duet_metadata()
+        meta = self._duet_metadata("len")
+        if meta.get("type") in _MUTABLE_TYPES:
+            meta = self._duet_metadata(fresh=True)
         if meta.get("len") is None:
             raise TypeError(f"remote object of type {meta.get('type')} has no len()")
         return int(meta["len"])
@@ -110,7 +126,10 @@ class Pointer:
         raise TypeError("a pointer has no truth value here: compare remotely and .get() the result")
 
     def __iter__(self) -> Any:
-        raise TypeError("a remote object cannot be iterated from the scientist's side: index it, or .get() it")
+        """``a, b = d.torch.max(x, 0)``: one pointer per item (``len()`` asks the owner's metadata)."""
+        if self._duet_metadata("len").get("type") in ("dict", "OrderedDict"):
+            raise TypeError("iterate over a remote dict's .keys(), .values() or .items()")
+        return iter([self[i] for i in range(len(self))])
 
     def __repr__(self) -> str:
         meta = self._duet_meta or {}

@@ -1,0 +1,414 @@
+"""The executor's resource and integrity guards: meta-device dry runs, size and item limits, published data.
+
+Everything here runs *before* a call (or right after it, before its result is stored) and raises
+:class:`~duet.errors.QuotaExceeded` or :class:`~duet.errors.PermissionDenied`; nothing here runs the call.
+
+- **Dry run.** A tensor call runs first on torch's ``meta`` device (shapes only, no memory), so a call that
+  would allocate more than ``Quotas.tensor_bytes`` is refused before anything is allocated. A module's
+  forward is dry-run the same way through ``torch.func.functional_call`` with meta parameters. A call with
+  no meta kernel (data-dependent shapes: ``nonzero``, ``unique`` …) is left to the real call, whose result
+  is checked before it is stored.
+- **Items.** Python values (lists, dicts, strings, ints) have no meta device; the calls that make them
+  large (``tolist``, ``split``/``unbind``/``chunk``, sequence concatenation, ``List(tensor)``) are checked
+  against ``MAX_ITEMS`` from their operands' sizes first, and every result's node count (shared and cyclic
+  references counted each time they are reached, as the metadata walk does) is bounded before it is stored.
+- **Published objects are read-only.** A call that would change a published object in place — or a tensor
+  sharing memory with one (a slice, ``detach()``, ``.data``, a published model's parameter), through an
+  in-place method, an operator, ``inplace=True``, or an optimizer over it — is refused: work on ``clone()``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..errors import PermissionDenied, QuotaExceeded
+from .allowlist import OPTIMIZERS, RUNTIME, SCHEDULERS, Allowlist
+
+__all__ = [
+    "MAX_INT_BITS",
+    "MAX_ITEMS",
+    "check_items_before",
+    "check_result",
+    "dry_run_call",
+    "dry_run_method",
+    "dry_run_module",
+    "published_memory",
+    "refuse_published_change",
+]
+
+MAX_ITEMS = 1_000_000  # nodes in one Python value a call makes (a list of 1M floats is ~30 MB)
+MAX_INT_BITS = 1 << 16  # a remote Int of 65,536 bits; int * int beyond that only burns the owner's CPU
+# calls that never go through the meta device: they allocate nothing tensor-sized, or have side effects
+_NO_DRY_RUN_PATHS = frozenset(OPTIMIZERS) | frozenset(SCHEDULERS) | frozenset(RUNTIME)
+_NO_DRY_RUN_METHODS = frozenset(
+    {
+        "backward",
+        "item",
+        "tolist",
+        "numel",
+        "size",
+        "dim",
+        "__len__",
+        "__setitem__",
+        "split",
+        "unbind",
+        "chunk",
+    }
+)
+_CREATORS = frozenset(
+    "tensor zeros ones full empty arange linspace logspace eye rand randn randint randperm normal "
+    "poisson bernoulli multinomial as_tensor".split()
+)
+_GROWERS = frozenset(
+    {"__add__", "__iadd__", "__radd__", "extend", "append", "insert", "__setitem__", "update"}
+)
+# changing these on a published module changes no value: mode flags and gradients
+_HARMLESS_ON_MODULES = frozenset({"train", "eval", "zero_grad", "requires_grad_"})
+
+
+# ---- dry runs on the meta device ---------------------------------------------------------------------------
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.empty(x.shape, dtype=x.dtype, device="meta")
+    if isinstance(x, (list, tuple)) and not isinstance(x, torch.Size):
+        return type(x)(_to_meta(v) for v in x)
+    return x
+
+
+def _size_of(result: Any) -> int:
+    if isinstance(result, torch.nn.Module):
+        return sum(p.numel() * p.element_size() for p in result.parameters())
+    if isinstance(result, torch.Tensor):
+        return result.numel() * result.element_size()
+    if isinstance(result, (list, tuple)):
+        return sum(_size_of(r) for r in result[:64] if isinstance(r, torch.Tensor))
+    return 0
+
+
+def check_tensor_bytes(result: Any, limit: int, what: str) -> None:
+    size = _size_of(result)
+    if size > limit:
+        raise QuotaExceeded(f"{what} would make {size:,} bytes, over the {limit:,}-byte limit for one tensor")
+
+
+class _Uncached(Exception):
+    pass
+
+
+def _sig(x: Any, depth: int = 0) -> Any:
+    """What a dry run's outcome depends on (shapes, dtypes, plain values); raises _Uncached for anything else."""
+    if isinstance(x, torch.Tensor):
+        return ("T", tuple(x.shape), x.dtype)
+    if x is None or isinstance(x, (bool, int, float, str, torch.dtype, torch.device)):
+        return (type(x), x)
+    if isinstance(x, slice):
+        return ("S", x.start, x.stop, x.step)
+    if isinstance(x, (list, tuple)) and depth < 4 and len(x) <= 64:
+        return (type(x), tuple(_sig(v, depth + 1) for v in x))
+    if isinstance(x, dict) and depth < 4 and len(x) <= 64:
+        return ("D", tuple((k, _sig(v, depth + 1)) for k, v in x.items()))
+    raise _Uncached
+
+
+def _meta_size(run: Callable[[], Any]) -> int:
+    try:
+        with torch.no_grad():
+            return _size_of(run())
+    except Exception:  # noqa: BLE001 - no meta kernel, or bad arguments: the real call decides
+        return 0
+
+
+class _DryRunCache:
+    """Bytes a dry run found, by call signature: a training loop repeats the same shapes every batch."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._sizes: dict[Any, int] = {}
+        self._modules: weakref.WeakKeyDictionary[torch.nn.Module, dict[Any, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._size = size
+        self._lock = threading.Lock()
+
+    def size(self, key: Any, module: torch.nn.Module | None, run: Callable[[], Any]) -> int:
+        try:
+            sig = _sig(key)
+        except _Uncached:
+            return _meta_size(run)
+        with self._lock:
+            table = self._sizes if module is None else self._modules.setdefault(module, {})
+            size = table.get(sig)
+        if size is None:
+            size = _meta_size(run)
+            with self._lock:
+                table[sig] = size
+                if len(table) > self._size:
+                    table.pop(next(iter(table)))
+        return size
+
+
+_CACHE = _DryRunCache()
+
+
+def _dry(
+    key: Any, run: Callable[[], Any], limit: int, what: str, module: torch.nn.Module | None = None
+) -> None:
+    size = _CACHE.size(key, module, run)
+    if size > limit:
+        raise QuotaExceeded(f"{what} would make {size:,} bytes, over the {limit:,}-byte limit for one tensor")
+
+
+def dry_run_call(fn: Any, path: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> None:
+    """Refuse a function call or constructor whose result would be over ``limit`` bytes."""
+    if path in _NO_DRY_RUN_PATHS:
+        return
+    if isinstance(fn, type) and issubclass(fn, torch.nn.Module):
+        _dry((path, args, kwargs), lambda: fn(*args, **{**kwargs, "device": "meta"}), limit, path)
+        return
+    meta_kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
+    if path.rsplit(".", 1)[-1] in _CREATORS:
+        meta_kwargs["device"] = "meta"
+    _dry((path, args, kwargs), lambda: fn(*[_to_meta(a) for a in args], **meta_kwargs), limit, path)
+
+
+def dry_run_method(obj: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> None:
+    """Refuse a tensor method (or operator) whose result would be over ``limit`` bytes."""
+    if not isinstance(obj, torch.Tensor) or name in _NO_DRY_RUN_METHODS:
+        return
+    fn = getattr(torch.Tensor, name, None)
+    if fn is None:
+        return
+
+    def run() -> Any:
+        meta_kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
+        return fn(_to_meta(obj), *(_to_meta(a) for a in args), **meta_kwargs)
+
+    _dry((name, obj, args, kwargs), run, limit, f"Tensor.{name}")
+
+
+def dry_run_module(module: Any, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> None:
+    """Refuse a module's forward whose output would be over ``limit`` bytes (run with meta parameters)."""
+    if not isinstance(module, torch.nn.Module) or type(module).forward is torch.nn.Module.forward:
+        return
+
+    def run() -> Any:
+        state = {k: _to_meta(v) for k, v in (*module.named_parameters(), *module.named_buffers())}
+        meta_args = tuple(_to_meta(a) for a in args)
+        meta_kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
+        return torch.func.functional_call(module, state, meta_args, meta_kwargs)
+
+    _dry((module.training, args, kwargs), run, limit, f"{type(module).__name__}.__call__", module)
+
+
+def warm_up() -> None:
+    """Import torch's meta decompositions now (about 2 s the first time a meta linear runs), not mid-call."""
+    _meta_size(lambda: torch.nn.functional.linear(_to_meta(torch.zeros(1, 1)), _to_meta(torch.zeros(1, 1))))
+
+
+# ---- Python values -------------------------------------------------------------------------------------------
+
+
+def _length(x: Any) -> int:
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[0]) if x.dim() else 1
+    try:
+        return len(x)
+    except TypeError:
+        return 1
+
+
+def _split_count(obj: torch.Tensor, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+    if not isinstance(dim, int) or obj.dim() == 0:
+        return 1
+    extent = int(obj.shape[dim]) if -obj.dim() <= dim < obj.dim() else 1
+    if name == "unbind":
+        return extent
+    first = (
+        args[0]
+        if args
+        else kwargs.get("split_size_or_sections", kwargs.get("split_size", kwargs.get("chunks")))
+    )
+    if isinstance(first, int) and first > 0:
+        return min(first, extent) if name == "chunk" else math.ceil(extent / first)
+    if isinstance(first, (list, tuple)):
+        return len(first)
+    return 1
+
+
+def check_items_before(obj: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Refuse, from the operands' sizes, a call that would make a Python value of over ``MAX_ITEMS`` items."""
+    if isinstance(obj, torch.Tensor):
+        if name == "tolist":
+            count = obj.numel()
+        elif name in ("split", "unbind", "chunk"):
+            count = _split_count(obj, name, args, kwargs)
+        else:
+            return
+    elif isinstance(obj, (list, tuple, dict, str)) and name in _GROWERS:
+        extra = sum(_length(a) for a in args[:1]) if name not in ("append", "insert") else 1
+        count = len(obj) + extra
+    else:
+        return
+    if count > MAX_ITEMS:
+        raise QuotaExceeded(f"{name} would make {count:,} items, over the limit of {MAX_ITEMS:,}")
+
+
+def check_python_args(name: str, args: Sequence[Any]) -> None:
+    """``d.python.List(x)``: refuse building a value of over ``MAX_ITEMS`` items from ``x``."""
+    if args and (count := _length(args[0])) > MAX_ITEMS:
+        raise QuotaExceeded(f"python.{name} would hold {count:,} items, over the limit of {MAX_ITEMS:,}")
+
+
+def count_nodes(obj: Any, limit: int = MAX_ITEMS) -> int:
+    """Nodes of a Python value, counting a shared or cyclic reference each time it is reached; stops past limit."""
+    count, stack = 0, [obj]
+    while stack:
+        x = stack.pop()
+        count += 1
+        if count > limit:
+            break
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)) and not isinstance(x, torch.Size):
+            stack.extend(x)
+    return count
+
+
+def check_result(result: Any, limit: int, what: str) -> None:
+    """The last check before a result is stored: tensor bytes, Python items, int size."""
+    if isinstance(result, (list, tuple, dict)) and not isinstance(result, torch.Size):
+        if count_nodes(result) > MAX_ITEMS:
+            raise QuotaExceeded(f"{what} made a value of over {MAX_ITEMS:,} items (or a cycle): refused")
+        check_tensor_bytes(result, limit, what)
+    elif isinstance(result, str | bytes) and len(result) > MAX_ITEMS:
+        raise QuotaExceeded(f"{what} made a string of {len(result):,} characters, over {MAX_ITEMS:,}")
+    elif isinstance(result, int) and not isinstance(result, bool) and result.bit_length() > MAX_INT_BITS:
+        raise QuotaExceeded(f"{what} made an int of {result.bit_length():,} bits, over {MAX_INT_BITS:,}")
+    else:
+        check_tensor_bytes(result, limit, what)
+
+
+# ---- published objects are read-only ---------------------------------------------------------------------
+
+
+def _tensors(obj: Any) -> Iterable[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, torch.nn.Module):
+        yield from obj.parameters()
+        yield from obj.buffers()
+    elif isinstance(obj, dict):
+        yield from (v for v in list(obj.values())[:10_000] if isinstance(v, torch.Tensor))
+    elif isinstance(obj, (list, tuple)):
+        yield from (v for v in obj[:10_000] if isinstance(v, torch.Tensor))
+
+
+def _memory(t: torch.Tensor) -> int:
+    """The address of a tensor's storage (0 for an empty one, which nothing can change)."""
+    try:
+        return int(t.untyped_storage().data_ptr()) if t.numel() else 0
+    except RuntimeError:
+        return 0
+
+
+def published_memory(published: Iterable[Any]) -> tuple[set[int], set[int]]:
+    """(storage addresses of published tensors, ids of published objects and their direct items)."""
+    addresses: set[int] = set()
+    ids: set[int] = set()
+    for obj in published:
+        ids.add(id(obj))
+        if isinstance(obj, dict):
+            ids.update(id(v) for v in list(obj.values())[:10_000])
+        elif isinstance(obj, (list, tuple)):
+            ids.update(id(v) for v in obj[:10_000])
+        addresses.update(a for t in _tensors(obj) if (a := _memory(t)))
+    return addresses, ids
+
+
+def _touches(obj: Any, addresses: set[int], ids: set[int]) -> bool:
+    if id(obj) in ids:
+        return True
+    return any(_memory(t) in addresses for t in _tensors(obj))
+
+
+def _inplace(fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+    """Whether a functional call asks ``inplace=True`` (by keyword or by position)."""
+    if kwargs.get("inplace") is True:
+        return True
+    try:
+        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        return False
+    return bound.arguments.get("inplace") is True
+
+
+def _targets(
+    fn: Any,
+    obj: Any,
+    name: str,
+    path: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    allowlist: Allowlist,
+) -> list[Any]:
+    """The objects a call would change in place (a cheap first pass: usually none)."""
+    targets: list[Any] = []
+    if obj is not None:
+        if isinstance(obj, torch.nn.Module) and name == "__call__":
+            if getattr(obj, "inplace", False) is True:
+                targets.extend(args[:1])
+            if obj.training:  # batch norm's running statistics
+                targets.extend(obj.buffers())
+        elif allowlist.mutates(obj, name) and not (
+            isinstance(obj, torch.nn.Module) and name in _HARMLESS_ON_MODULES
+        ):
+            targets.append(obj)
+    elif path.startswith("torch.optim.") and not path.startswith("torch.optim.lr_scheduler."):
+        for group in args[:1]:
+            for p in group if isinstance(group, (list, tuple)) else [group]:
+                targets.extend(p.get("params", []) if isinstance(p, dict) else [p])
+    elif path.startswith("torch.nn.functional."):
+        if path.endswith(".batch_norm"):
+            targets.extend(args[1:3])
+        if _inplace(fn, args, kwargs):
+            targets.extend(args[:1])
+    return targets
+
+
+def refuse_published_change(
+    allowlist: Allowlist,
+    published: Callable[[], Iterable[Any]],
+    *,
+    fn: Any = None,
+    obj: Any = None,
+    name: str = "",
+    path: str = "",
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+) -> None:
+    """Raise PermissionDenied if the call (method ``name`` of ``obj``, or function ``fn`` at ``path``) would
+    change a published object in place. ``published()`` is asked only when the call changes something."""
+    targets = _targets(fn, obj, name, path, args, kwargs or {}, allowlist)
+    if not targets:
+        return
+    addresses, ids = published_memory(published())
+    if name == "requires_grad_" and isinstance(obj, torch.Tensor):
+        hit = id(obj) in ids  # the flag of a view of published data changes nothing the owner holds
+    else:
+        hit = any(_touches(t, addresses, ids) for t in targets)
+    if hit:
+        what = f"{type(obj).__name__}.{name}" if obj is not None else path
+        raise PermissionDenied(
+            f"{what} would change the owner's published data in place: published objects are read-only "
+            "(work on a copy: .clone())"
+        )
