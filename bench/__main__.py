@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -13,7 +14,7 @@ from types import FrameType
 
 from .config import FULL, QUICK
 from .procs import BenchError
-from .report import build_rows, format_table, machine, write_json
+from .report import build_rows, format_table, machine, udp_receive_errors, write_json
 
 DEFAULT_JSON = Path(__file__).parent / "results.json"
 BUDGET_SECONDS = {False: 540, True: 120}  # the whole run; past it the run stops and cleans up
@@ -33,40 +34,47 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help=f"where to write the results ({DEFAULT_JSON})"
     )
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads in each process (default 1: the owner and the scientist share the cores)",
+    )
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    if args.torch_threads:
+        cfg = dataclasses.replace(cfg, torch_threads=args.torch_threads)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGALRM, _stop)
     signal.alarm(BUDGET_SECONDS[cfg.quick])
     started = time.monotonic()
     host = machine()
+    drops = udp_receive_errors()
     with tempfile.TemporaryDirectory(prefix="duet-bench-") as config_dir:
         # both peers get a throw-away identity (spawned processes inherit the environment)
         os.environ["DUET_CONFIG_DIR"] = config_dir
         os.environ.pop("DUET_SIGNALING_URL", None)
+        os.environ["OMP_NUM_THREADS"] = str(cfg.torch_threads)  # read by torch when it is first imported
         try:
-            from .baselines import run_baselines
-            from .scenarios import op_message_size, run_duet
+            from .scenarios import run_all
 
-            op_size = op_message_size()
-            raw = run_baselines(cfg, op_size, _say)
-            raw["op_size"] = op_size
-            du = run_duet(cfg, _say)
+            results = run_all(cfg, _say)
         finally:
             signal.alarm(0)
-    rows = build_rows(cfg, raw, du)
+    rows = build_rows(cfg, results)
     elapsed = time.monotonic() - started
     host["load_average_at_end"] = os.getloadavg()
+    end_drops = udp_receive_errors()
+    if drops is not None and end_drops is not None:
+        host["udp_datagrams_dropped_receive_buffer_full"] = end_drops - drops
     print(format_table(rows))
     print(
         f"\n{elapsed:.0f} s on {host['cores']} cores ({host['cpu']}), Python {host['python']}, "
         f"torch {host['torch']}, aiortc {host['aiortc']}; JSON: {args.json}"
     )
     write_json(
-        args.json,
-        {"machine": host, "config": cfg.as_dict(), "elapsed_seconds": elapsed, "limits": raw, "duet": du},
-        rows,
+        args.json, {"machine": host, "config": cfg.as_dict(), "elapsed_seconds": elapsed, **results}, rows
     )
     return 0
 

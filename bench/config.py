@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Config", "FULL", "QUICK", "SMALL_BYTES", "MB"]
+__all__ = ["Config", "FULL", "QUICK", "SMALL_BYTES", "MB", "nbytes"]
 
 MB = 1 << 20
 SMALL_BYTES = 128  # the raw echo's message: about the size of a small get's request and reply
+
+
+def nbytes(mb: float) -> int:
+    return int(mb * MB)
 
 
 @dataclass(frozen=True)
@@ -16,10 +20,12 @@ class Config:
     connects: int = 10
     round_trips: int = 500
     pipelined_calls: int = 10_000
-    bulk_mb: tuple[int, ...] = (1, 16, 64)
-    bulk_repeats_small: int = 3  # transfers of the smallest size (median); larger sizes run once
+    bulk_mb: tuple[float, ...] = (1, 16, 64)
+    bulk_repeats: tuple[int, ...] = (5, 2, 1)  # transfers of each size (the median counts)
+    epoch_repeats: int = 3  # timed epochs on each side (the median counts), after one warm-up each
     train_samples: int | None = None  # None: the whole digits set (1797 samples)
     batch_size: int = 32
+    torch_threads: int = 1  # intra-op threads in each process: two peers share the machine's cores
     quick: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -28,11 +34,12 @@ class Config:
 
 FULL = Config()
 QUICK = Config(
-    connects=3,
+    connects=2,
     round_trips=50,
     pipelined_calls=1000,
-    bulk_mb=(1, 2, 4),
-    bulk_repeats_small=1,
+    bulk_mb=(0.25, 0.5, 1),
+    bulk_repeats=(1, 1, 1),
+    epoch_repeats=1,
     train_samples=320,
     quick=True,
 )

@@ -50,12 +50,11 @@ def owner_peer(conn: Any) -> None:
 
     def digits() -> int:
         """scikit-learn's digits as X (N, 1, 8, 8) float32 in [0, 1] and y (N,) int64."""
-        from sklearn.datasets import load_digits
+        from .training import digits as load
 
-        x, y = load_digits(return_X_y=True)
-        d = state["d"]
-        d.store.publish(torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16, name="digits_x")
-        d.store.publish(torch.tensor(y), name="digits_y")
+        x, y = load()
+        state["d"].store.publish(x, name="digits_x")
+        state["d"].store.publish(y, name="digits_y")
         return len(y)
 
     def stats() -> dict[str, int]:
@@ -67,6 +66,7 @@ def owner_peer(conn: Any) -> None:
             "store_objects": len(owner.store._entries),
             "calls": owner.log.total,
             "failed_calls": owner.log.failed,
+            "torch_threads": torch.get_num_threads(),
             "bytes_sent": d._channel.bytes_sent if d._channel else 0,
             "bytes_received": d._channel.bytes_received if d._channel else 0,
         }

@@ -20,7 +20,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from .procs import Child, serve_commands
 
-__all__ = ["RawRtc", "RawTcp", "rtc_peer", "tcp_peer"]
+__all__ = ["RawRtc", "RawTcp", "LoopThread", "rtc_peer", "tcp_peer"]
 
 HIGH_WATER = 1 << 20  # the same backpressure marks as duet's Channel
 LOW_WATER = 256 * 1024
@@ -46,26 +46,31 @@ def _install_ice_fallback() -> None:
 # ---- the peer process ------------------------------------------------------------------------------
 
 
-class _Loop:
-    """An asyncio loop on a thread of the peer process; commands from the pipe run on it."""
+class LoopThread:
+    """An asyncio loop on its own daemon thread; ``run`` hands it a coroutine and waits for the result."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name="bench-peer-loop", daemon=True).start()
+        threading.Thread(target=self.loop.run_forever, name=name, daemon=True).start()
 
-    def run(self, coro: Any, timeout: float = 60.0) -> Any:
+    def run(self, coro: Any, timeout: float = 120.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _parts(total: int, size: int) -> list[int]:
+    """The sizes of the messages that carry ``total`` bytes, ``size`` bytes at most each."""
+    return [size] * (total // size) + ([total % size] if total % size else [])
 
 
 async def _stream_back(
     send: Callable[[bytes], None], wait_low: Callable[[], Any], total: int, size: int
 ) -> None:
     chunk = b"D" + bytes(size - 1)
-    left = total
-    while left > 0:
-        n = min(size, left)
+    for n in _parts(total, size):
         send(chunk if n == size else chunk[:n])
-        left -= n
         await wait_low()
     send(b"F")
 
@@ -73,7 +78,7 @@ async def _stream_back(
 def rtc_peer(conn: Any) -> None:
     """(peer process) Answer offers; serve the data-channel protocol on every channel that opens."""
     _install_ice_fallback()
-    rt = _Loop()
+    rt = LoopThread("bench-peer-loop")
     pcs: list[RTCPeerConnection] = []
 
     def on_channel(dc: Any) -> None:
@@ -129,7 +134,7 @@ def rtc_peer(conn: Any) -> None:
 
 def tcp_peer(conn: Any) -> None:
     """(peer process) A TCP server on 127.0.0.1, port chosen by the OS, serving the same protocol."""
-    rt = _Loop()
+    rt = LoopThread("bench-peer-loop")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         count = [0, 0]
@@ -147,9 +152,8 @@ def tcp_peer(conn: Any) -> None:
                     count[0] = count[1] = 0
                 elif kind == b"S":
                     total, size = _SEND.unpack(body)
-                    block = _FRAME.pack(b"D", size) + bytes(size)
-                    for _ in range(total // size):
-                        writer.write(block)
+                    for n in _parts(total, size):
+                        writer.write(_FRAME.pack(b"D", n) + bytes(n))
                         await writer.drain()
                     writer.write(_FRAME.pack(b"F", 0))
                 await writer.drain()
@@ -165,7 +169,7 @@ def tcp_peer(conn: Any) -> None:
     serve_commands(conn, {"start": lambda: rt.run(start())})
 
 
-# ---- the measuring side (this process, its own asyncio loop: no thread hop, no duet) -----------------
+# ---- the measuring side (in the benchmark's process, on a loop of its own) ---------------------------
 
 
 class RawRtc:
@@ -239,6 +243,21 @@ class RawRtc:
         elapsed = time.perf_counter() - start
         return elapsed, _COUNT.unpack_from(reply, 1)[0]
 
+    async def push(self, total: int, size: int) -> float:
+        """Seconds to send ``total`` bytes in ``size``-byte messages and have the peer acknowledge them all."""
+        chunk = b"C" + bytes(size - 1)
+        start = time.perf_counter()
+        for n in _parts(total, size):
+            self.dc.send(chunk if n == size else chunk[:n])
+            await self._wait_low()
+        self.dc.send(b"A")
+        reply = await asyncio.wait_for(self._inbox.get(), 300)
+        elapsed = time.perf_counter() - start
+        counted = _COUNT.unpack_from(reply, 1)[1]
+        if counted != total:
+            raise RuntimeError(f"raw aiortc push: the peer counted {counted} of {total} bytes")
+        return elapsed
+
     async def pull(self, total: int, size: int) -> float:
         """Seconds for the peer to send us ``total`` bytes in ``size``-byte messages."""
         self._received = 0
@@ -284,13 +303,12 @@ class RawTcp:
             times.append(time.perf_counter() - start)
         return times
 
-    async def one_way(self, total: int, size: int) -> float:
-        """Seconds to push ``total`` bytes as ``size``-byte frames to the peer and have it acknowledge them."""
+    async def push(self, total: int, size: int) -> float:
+        """Seconds to push ``total`` bytes in frames of ``size`` bytes at most and have the peer acknowledge them."""
         assert self.writer is not None
-        frame = _FRAME.pack(b"C", size - _FRAME.size) + bytes(size - _FRAME.size)
         start = time.perf_counter()
-        for _ in range(total // size):
-            self.writer.write(frame)
+        for n in _parts(total, size):
+            self.writer.write(_FRAME.pack(b"C", n) + bytes(n))
             await self.writer.drain()
         self.writer.write(_FRAME.pack(b"A", 0))
         await self._read()

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -14,7 +15,15 @@ from typing import Any
 
 from .config import MB, SMALL_BYTES, Config
 
-__all__ = ["Row", "build_rows", "format_table", "machine", "write_json", "expected_keys"]
+__all__ = [
+    "Row",
+    "build_rows",
+    "format_table",
+    "machine",
+    "udp_receive_errors",
+    "write_json",
+    "expected_keys",
+]
 
 
 @dataclass
@@ -43,12 +52,11 @@ def _ms(xs: list[float], how: str) -> float:
 def expected_keys(cfg: Config) -> list[str]:
     """Every row a complete run produces for ``cfg``."""
     keys = ["connect", "rtt_median", "rtt_p99", "ping_median", "pipelined"]
-    keys += [f"get_{mb}mb" for mb in cfg.bulk_mb] + [f"send_{mb}mb" for mb in cfg.bulk_mb]
-    return keys + ["epoch", "mem_get", "mem_send", "mem_pipelined"]
+    keys += [f"get_{mb:g}mb" for mb in cfg.bulk_mb] + [f"send_{mb:g}mb" for mb in cfg.bulk_mb]
+    return [*keys, "epoch", "mem_get", "mem_send", "mem_pipelined"]
 
 
-def build_rows(cfg: Config, raw: dict[str, Any], du: dict[str, Any]) -> list[Row]:
-    rtc, tcp = raw["aiortc"], raw["tcp"]
+def build_rows(cfg: Config, res: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
 
     def add(
@@ -60,92 +68,89 @@ def build_rows(cfg: Config, raw: dict[str, Any], du: dict[str, Any]) -> list[Row
             Row(key, scenario, value, unit, limits, ratio, target, kw.pop("met", None), kw.pop("notes", []))
         )
 
-    connect, cold = statistics.median(du["connect"]["seconds"]), du["connect"]["cold"]
+    con = res["connect"]
+    connect = statistics.median(con["duet"])
     add(
         "connect",
-        f"connect: launch_duet -> join_duet -> open (median of {cfg.connects})",
+        f"connect: launch_duet -> join_duet -> open (median of {len(con['duet'])})",
         connect,
         "s",
-        {"raw aiortc": statistics.median(rtc["connect"])},
+        {"raw aiortc": statistics.median(con["raw"])},
         "< 1 s",
         met=connect < 1.0,
-        notes=[f"cold first connect {cold:.3f} s"],
+        notes=[
+            f"first (cold) session {con['cold']:.3f} s; join_duet alone {statistics.median(con['join']):.3f} s"
+        ],
     )
-    rt = du["round_trip"]
-    sizes = (
-        f"duet request {rt['request_bytes']:.0f} B, reply {rt['reply_bytes']:.0f} B; raw echo {SMALL_BYTES} B"
-    )
+    rt = res["round_trip"]
+    sizes = f"duet request {rt['request_bytes']:.0f} B, reply {rt['reply_bytes']:.0f} B; bare echo {SMALL_BYTES} B"
     for how in ("median", "p99"):
-        duet_ms, rtc_ms = _ms(rt["get"], how), _ms(rtc["echo"], how)
+        duet_ms, raw_ms = _ms(rt["get"], how), _ms(rt["raw"], how)
         add(
             f"rtt_{how}",
-            f"small get, handler-accepted ({how} of {cfg.round_trips})",
+            f"small get, accepted by a handler ({how} of {len(rt['get'])})",
             duet_ms,
             "ms",
-            {"raw aiortc echo": rtc_ms, "raw TCP echo": _ms(tcp["echo"], how)},
-            "<= 2x raw aiortc",
-            met=duet_ms <= 2 * rtc_ms,
+            {"aiortc echo": raw_ms, "TCP echo": _ms(rt["tcp"], how)},
+            "<= 2x aiortc echo",
+            met=duet_ms <= 2 * raw_ms,
             notes=[sizes],
         )
     add(
         "ping_median",
-        f"  diagnostic: duet channel echo, d.ping() (median of {cfg.round_trips})",
+        f"  (diagnostic) duet channel echo, d.ping() (median of {len(rt['ping'])})",
         _ms(rt["ping"], "median"),
         "ms",
-        {"raw aiortc echo": _ms(rtc["echo"], "median"), "raw TCP echo": _ms(tcp["echo"], "median")},
+        {"aiortc echo": _ms(rt["raw"], "median"), "TCP echo": _ms(rt["tcp"], "median")},
         "-",
     )
-    pl, cold_calls = du["pipelined"], du["cold_calls"]
+    pl = res["pipelined"]
     add(
         "pipelined",
-        f"pipelined: {pl['calls']:,} y = y + 1, then one get",
+        f"pipelined: {pl['calls']:,} x y = y + 1, then one get",
         pl["rate"],
         "calls/s",
-        {f"raw aiortc msgs ({raw['op_size']} B)": rtc["rate"]},
-        ">= 0.5x raw aiortc",
-        met=pl["rate"] >= 0.5 * rtc["rate"],
-        notes=[f"first {cold_calls['calls']} calls on a fresh owner: {cold_calls['rate']:.0f} calls/s"],
+        {f"aiortc, {pl['raw_size']} B msgs": pl["raw_rate"]},
+        ">= 0.5x aiortc",
+        met=pl["rate"] >= 0.5 * pl["raw_rate"],
+        notes=[f"the first {pl['cold_calls']} calls on a fresh owner: {pl['cold_rate']:.0f} calls/s"],
     )
-    for mb in cfg.bulk_mb:
-        got = du["get"][mb]
-        add(
-            f"get_{mb}mb",
-            f"get of a {mb} MB tensor",
-            got,
-            "MB/s",
-            {"raw aiortc": rtc["pull"][mb], "raw TCP": tcp["pull"][mb]},
-            ">= 0.9x raw aiortc",
-            met=got >= 0.9 * rtc["pull"][mb],
-        )
-    for mb in cfg.bulk_mb:
-        sent = du["send_model"][mb]
-        add(
-            f"send_{mb}mb",
-            f"model.send(d), {sent['bytes'] / MB:.0f} MB duet.Module",
-            sent["rate"],
-            "MB/s",
-            {"raw aiortc": rtc["push"][mb], "raw TCP": tcp["push"][mb]},
-            ">= 0.9x raw aiortc",
-            met=sent["rate"] >= 0.9 * rtc["push"][mb],
-            notes=[f"owner-side ms: {sent['owner_ms']}"],
-        )
-    ep = du["epoch"]
+    bulk = res["bulk"]
+    kinds = (
+        ("get", "get of a {} MB tensor", "raw_pull", "tcp_pull"),
+        ("send", "model.send(d), {} MB duet.Module", "raw_push", "tcp_push"),
+    )
+    for kind, label, raw_key, tcp_key in kinds:
+        for mb in cfg.bulk_mb:
+            b = bulk[mb]
+            shown = mb if kind == "get" else round(b["model_bytes"] / MB, 2)
+            add(
+                f"{kind}_{mb:g}mb",
+                label.format(f"{shown:g}") + (f" (median of {b['reps']})" if b["reps"] > 1 else ""),
+                b[kind],
+                "MB/s",
+                {"aiortc": b[raw_key], "TCP": b[tcp_key]},
+                ">= 0.9x aiortc",
+                met=b[kind] >= 0.9 * b[raw_key],
+                notes=[f"owner-side ms of the last send's calls: {b['owner_ms']}"] if kind == "send" else [],
+            )
+    ep = res["epoch"]
     add(
         "epoch",
-        f"one epoch, small CNN on digits ({ep['samples']} samples, batch {ep['batch_size']})",
+        f"one epoch, small CNN, digits ({ep['samples']} samples, batch {ep['batch_size']})",
         ep["duet_seconds"],
         "s",
-        {"same loop locally": ep["local_seconds"]},
+        {"same loop, local": ep["local_seconds"]},
         "<= 1.3x local",
         met=ep["duet_seconds"] <= 1.3 * ep["local_seconds"],
         notes=[f"summed loss: duet {ep['duet_loss']:.4f}, local {ep['local_loss']:.4f}"],
     )
     for key, label in (("get", "get"), ("send", "model send")):
-        mem = du[f"memory_{key}"]
+        mem = res[f"memory_{key}"]
         before, peak = mem["before"]["rss"] / MB, mem["after"]["peak_rss"] / MB
         add(
             f"mem_{key}",
-            f"owner peak RSS during the {mem['mb']} MB {label}",
+            f"owner peak RSS during the {mem['mb']:g} MB {label}",
             peak,
             "MB",
             {"RSS before": before},
@@ -166,9 +171,6 @@ def build_rows(cfg: Config, raw: dict[str, Any], du: dict[str, Any]) -> list[Row
         ],
     )
     return rows
-
-
-# fmt: on
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -215,7 +217,30 @@ def machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         **{dist: version(dist) for dist in ("torch", "aiortc", "aioice")},
         "load_average_at_start": os.getloadavg(),
+        "duet_commit": _git("rev-parse", "--short", "HEAD"),
+        "duet_uncommitted_changes": bool(_git("status", "--porcelain", "--", "duet")),
     }
+
+
+def _git(*args: str) -> str:
+    """The duet checkout's state, so a figure can be traced to the code it measured ('' if not a git tree)."""
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def udp_receive_errors() -> int | None:
+    """The kernel's count of UDP datagrams dropped for a full receive buffer (all processes), or None."""
+    try:
+        with open("/proc/net/snmp") as f:
+            udp = [line.split() for line in f if line.startswith("Udp:")]
+        return int(udp[1][udp[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def write_json(path: Path, payload: dict[str, Any], rows: list[Row]) -> None:

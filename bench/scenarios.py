@@ -1,223 +1,189 @@
-"""The duet scenarios, measured in this process (the scientist) against an owner in its own process."""
+"""The scenarios: each duet figure measured interleaved with its limits, so both see the same machine load."""
 
 from __future__ import annotations
 
-import logging
-import math
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-import duet
-from duet import codec, wire
-
 from . import training
-from .config import MB, Config
-from .owner import HANDLER_NAME, owner_peer
-from .procs import Child
+from .config import MB, SMALL_BYTES, Config, nbytes
+from .duet_side import DuetSide, get, op_message_size
+from .limits import Limits
 
-__all__ = ["run_duet", "op_message_size", "BigModel"]
+__all__ = ["run_all"]
 
 Say = Callable[[str], None]
-_PART_HEADER = 5  # duet's per-message part header (flags + stream id), see duet/transport.py
+BLOCK = 50  # round trips measured back to back before switching to the other side
 
 
-def op_message_size() -> int:
-    """Bytes on the data channel of one ``y = y + 1`` call sent alone (frame + part header)."""
-    buffers: list[Any] = []
-    op = {"k": "meth", "s": "s10000", "n": "__add__", "a": codec.encode([1], buffers), "o": "s10001"}
-    return len(wire.pack({"t": "ops", "ops": [op]}, buffers)) + _PART_HEADER
-
-
-class BigModel(duet.Module):
-    """One ``n`` x ``n`` linear layer: ``4 n (n + 1)`` bytes of weights."""
-
-    def __init__(self, torch_ref: Any, n: int) -> None:
-        super().__init__(torch_ref)
-        self.fc = self.torch_ref.nn.Linear(n, n)
-
-    def forward(self, x: Any) -> Any:
-        return self.fc(x)
-
-
-def _get(ptr: Any, timeout: float = 120) -> Any:
-    return ptr.get(request_block=True, name=HANDLER_NAME, timeout_secs=timeout, strict=True)
-
-
-def run_duet(cfg: Config, say: Say) -> dict[str, Any]:
-    """Every duet scenario; the owner process serves one session after another, then the last for the rest."""
-    logging.getLogger("duet").setLevel(logging.ERROR)  # "session ended" notices are expected here
+def run_all(cfg: Config, say: Say) -> dict[str, Any]:
+    """Every scenario, in order; the peer processes are stopped whatever happens."""
     out: dict[str, Any] = {}
-    with Child(owner_peer, name="bench-owner") as owner:
-        url = owner.call("server", timeout=60)
-        say("duet: connect")
-        s = _connects(owner, url, cfg, out)
-        try:
-            for name, scenario in (
-                ("round trip", _round_trips),
-                ("pipelined calls", _pipelined),
-                ("bulk get", _bulk_get),
-                ("model send", _model_send),
-                ("training", _training),
-            ):
-                say(f"duet: {name}")
-                scenario(s, owner, cfg, out)
-            out["owner_final"] = owner.call("stats")
-        finally:
-            s.close()
-            owner.call("close", timeout=30)
+    with Limits() as limits, DuetSide() as side:
+        say("starting the peer processes")
+        limits.start()
+        side.start()
+        for name, scenario in (
+            ("connect", _connect),
+            ("round trip", _round_trip),
+            ("pipelined calls", _pipelined),
+            ("bulk transfers", _bulk),
+            ("training", _training),
+        ):
+            say(name)
+            scenario(limits, side, cfg, out)
+        out["owner_final"] = side.stats()
     return out
 
 
-def _connect(owner: Child, url: str) -> tuple[duet.Duet, float, float]:
-    session_id, started = owner.call("launch", timeout=60)
-    join_start = time.monotonic()
-    s = duet.join_duet(session_id, signaling_url=url, timeout=60, name="bench-scientist")
-    done = time.monotonic()
-    owner.call("wait_peer", timeout=60)
-    return s, done - started, done - join_start
-
-
-def _connects(owner: Child, url: str, cfg: Config, out: dict[str, Any]) -> duet.Duet:
-    """``launch_duet`` (owner) to ``join_duet`` returning with the channel open (scientist), on one clock."""
-    totals, joins = [], []
-    s, cold, _ = _connect(owner, url)  # the first one pays for imports and first-use set-up
+def _connect(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]) -> None:
+    """``launch_duet`` (owner) to ``join_duet`` returning with the channel open (scientist); the last session
+    stays open for the other scenarios."""
+    cold, _ = side.connect()  # the first session pays for first-use set-up in both processes
+    raw, total, join = [], [], []
     for _ in range(cfg.connects):
-        s.close()
-        owner.call("close", timeout=30)
-        s, total, join = _connect(owner, url)
-        totals.append(total)
-        joins.append(join)
-    out["connect"] = {"cold": cold, "seconds": totals, "join_seconds": joins}
-    return s
+        raw.append(limits.connect())
+        t, j = side.connect()
+        total.append(t)
+        join.append(j)
+    out["connect"] = {"raw": raw, "duet": total, "join": join, "cold": cold}
 
 
-def _round_trips(s: duet.Duet, owner: Child, cfg: Config, out: dict[str, Any]) -> None:
-    """A small ``get`` the owner's handler accepts, and duet's own channel echo (``d.ping``) for comparison."""
-    owner.call("publish", "small", 4)
-    ptr = s.store["small"]
-    for _ in range(20):
-        _get(ptr)
-    before = owner.call("stats")
-    times = []
-    for _ in range(cfg.round_trips):
-        start = time.perf_counter()
-        _get(ptr)
-        times.append(time.perf_counter() - start)
-    after = owner.call("stats")
-    pings = [s.ping() for _ in range(cfg.round_trips)]
-    n = cfg.round_trips
+def _round_trip(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]) -> None:
+    """A small ``get`` the owner's handler accepts; duet's channel echo (``d.ping``); bare echoes."""
+    side.owner.call("publish", "small", 4)
+    ptr = side.s.store["small"]
+    limits.echo(20, SMALL_BYTES)
+    limits.tcp_echo(20, SMALL_BYTES)
+    side.timed_gets(ptr, 20)
+    side.pings(20)
+    res: dict[str, list[float]] = {"raw": [], "tcp": [], "get": [], "ping": []}
+    before = side.stats()
+    for _ in range(max(1, cfg.round_trips // BLOCK)):
+        n = min(BLOCK, cfg.round_trips)
+        res["raw"] += limits.echo(n, SMALL_BYTES)
+        res["tcp"] += limits.tcp_echo(n, SMALL_BYTES)
+        res["get"] += side.timed_gets(ptr, n)
+    after = side.stats()
+    for _ in range(max(1, cfg.round_trips // BLOCK)):
+        res["ping"] += side.pings(min(BLOCK, cfg.round_trips))
+    gets = len(res["get"])  # the bytes per get on duet's channel (a heartbeat a second adds a little)
     out["round_trip"] = {
-        "get": times,
-        "ping": pings,
-        "request_bytes": (after["bytes_received"] - before["bytes_received"]) / n,
-        "reply_bytes": (after["bytes_sent"] - before["bytes_sent"]) / n,
+        **res,
+        "request_bytes": (after["bytes_received"] - before["bytes_received"]) / gets,
+        "reply_bytes": (after["bytes_sent"] - before["bytes_sent"]) / gets,
     }
 
 
-def _pipelined(s: duet.Duet, owner: Child, cfg: Config, out: dict[str, Any]) -> None:
-    """``y = y + 1`` n times, then one ``get``; the owner's memory before and after."""
-    ptr = s.store["small"]
+def _pipelined(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]) -> None:
+    """``y = y + 1`` n times then one ``get``, beside as many bare messages of one call's size."""
+    ptr = side.s.store["small"]
     cold = min(200, cfg.pipelined_calls)
-    start = time.perf_counter()
-    y = ptr
-    for _ in range(cold):  # the owner's first calls pay for one-time set-up: measured apart, as a warm-up
-        y = y + 1
-    _get(y)
-    out["cold_calls"] = {"calls": cold, "rate": cold / (time.perf_counter() - start)}
-    owner.call("reset_peak")
-    before = owner.call("stats")
-    n = cfg.pipelined_calls
-    start = time.perf_counter()
-    y = ptr
-    for _ in range(n):
-        y = y + 1
-    queued = time.perf_counter() - start
-    value = _get(y)
-    elapsed = time.perf_counter() - start
-    del y
-    after = owner.call("stats")
-    if float(value.item()) != 1.0 + n:
-        raise RuntimeError(f"pipelined calls: got {value.item()}, expected {1 + n}")
+    cold_seconds, _ = side.chain(ptr, cold)  # the owner's first calls: measured apart, and a warm-up
+    size = op_message_size()
+    raw_rate = limits.rate(cfg.pipelined_calls, size)
+    side.owner.call("reset_peak")
+    before = side.stats()
+    seconds, queued = side.chain(ptr, cfg.pipelined_calls)
+    after = side.stats()
     out["pipelined"] = {
-        "calls": n,
-        "seconds": elapsed,
+        "calls": cfg.pipelined_calls,
+        "rate": cfg.pipelined_calls / seconds,
+        "seconds": seconds,
         "queue_seconds": queued,
-        "rate": n / elapsed,
+        "raw_rate": raw_rate,
+        "raw_size": size,
+        "cold_calls": cold,
+        "cold_rate": cold / cold_seconds,
         "owner_before": before,
         "owner_after": after,
-        "owner_call_ms": [ms for _, ms, _ in owner.call("log_tail", min(n, 2000))],
+        "owner_call_ms": [ms for _, ms, _ in side.owner.call("log_tail", min(cfg.pipelined_calls, 2000))],
     }
 
 
-def _bulk_get(s: duet.Duet, owner: Child, cfg: Config, out: dict[str, Any]) -> None:
-    """``get`` of a float32 tensor of each size; the owner's peak RSS during the largest."""
-    owner.call("publish", "warm", MB)
-    _get(s.store["warm"])  # warm-up, as for the raw channel: the first transfer after connecting is slow
-    owner.call("remove", "warm")
-    out["get"], largest = {}, max(cfg.bulk_mb)
-    for mb in cfg.bulk_mb:
-        name = f"bulk{mb}"
-        owner.call("publish", name, mb * MB)
-        ptr = s.store[name]
-        reps = cfg.bulk_repeats_small if mb == min(cfg.bulk_mb) else 1
-        times = []
-        for _ in range(reps):
-            if mb == largest:
-                owner.call("reset_peak")
-                before = owner.call("stats")
-            start = time.perf_counter()
-            value = _get(ptr, timeout=300)
-            times.append(time.perf_counter() - start)
-            if value.numel() * 4 != mb * MB:
-                raise RuntimeError(f"bulk get: {value.numel() * 4} bytes, expected {mb * MB}")
-            del value
-        if mb == largest:
-            out["memory_get"] = {"mb": mb, "before": before, "after": owner.call("stats")}
-        owner.call("remove", name)
-        out["get"][mb] = mb / statistics.median(times)
-
-
-def _model_send(s: duet.Duet, owner: Child, cfg: Config, out: dict[str, Any]) -> None:
-    """``local_model.send(d)`` of a one-layer duet.Module of each size, until the owner holds it."""
-    out["send_model"], largest = {}, max(cfg.bulk_mb)
-    for mb in cfg.bulk_mb:
-        n = math.isqrt(mb * MB // 4)
-        local = BigModel(torch, n)
-        reps = cfg.bulk_repeats_small if mb == min(cfg.bulk_mb) else 1
-        times = []
-        for _ in range(reps):
-            if mb == largest:
-                owner.call("reset_peak")
-                before = owner.call("stats")
-            start = time.perf_counter()
-            remote = local.send(s)
-            len(remote.parameters())  # a blocking call the owner answers after every call before it
-            times.append(time.perf_counter() - start)
-            del remote
-        rows = owner.call("log_tail", 4)
-        nbytes = sum(p.numel() * 4 for p in local.parameters())
-        out["send_model"][mb] = {
-            "bytes": nbytes,
-            "rate": nbytes / MB / statistics.median(times),
-            "owner_ms": {path: ms for path, ms, _ in rows},
+def _bulk(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]) -> None:
+    """Per size: bare pull, duet get, bare push, duet model send, alternating; the owner's peak RSS during
+    the last get and the last send of the largest size."""
+    warm = nbytes(min(cfg.bulk_mb))
+    side.owner.call("publish", "warm", warm)
+    limits.pull(warm)  # the first transfer after connecting is slow on both: warm both up
+    get(side.s.store["warm"])
+    side.owner.call("remove", "warm")
+    largest, bulk = max(cfg.bulk_mb), {}
+    for mb, reps in zip(cfg.bulk_mb, cfg.bulk_repeats):
+        size = nbytes(mb)
+        side.owner.call("publish", f"bulk{mb}", size)
+        ptr = side.s.store[f"bulk{mb}"]
+        model = side.big_model(size)
+        model_bytes = sum(p.numel() * 4 for p in model.parameters())
+        times: dict[str, list[float]] = {"raw_pull": [], "get": [], "raw_push": [], "send": []}
+        for rep in range(reps):
+            watch = mb == largest and rep == reps - 1
+            times["raw_pull"].append(limits.pull(size))
+            times["get"].append(_watched(side, out, "memory_get", mb, watch, side.get_tensor, ptr, size))
+            times["raw_push"].append(limits.push(model_bytes))
+            times["send"].append(_watched(side, out, "memory_send", mb, watch, side.send_model, model))
+        owner_ms = {path: ms for path, ms, _ in side.owner.call("log_tail", 6)}  # the last send's calls
+        side.owner.call("remove", f"bulk{mb}")
+        tcp_pull = statistics.median(limits.tcp_pull(size) for _ in range(3))
+        tcp_push = statistics.median(limits.tcp_push(model_bytes) for _ in range(3))
+        bulk[mb] = {
+            "raw_pull": size / MB / statistics.median(times["raw_pull"]),
+            "get": size / MB / statistics.median(times["get"]),
+            "tcp_pull": size / MB / tcp_pull,
+            "raw_push": model_bytes / MB / statistics.median(times["raw_push"]),
+            "send": model_bytes / MB / statistics.median(times["send"]),
+            "tcp_push": model_bytes / MB / tcp_push,
+            "model_bytes": model_bytes,
+            "owner_ms": owner_ms,
+            "reps": reps,
         }
-        if mb == largest:
-            out["memory_send"] = {"mb": mb, "before": before, "after": owner.call("stats")}
+    out["bulk"] = bulk
 
 
-def _training(s: duet.Duet, owner: Child, cfg: Config, out: dict[str, Any]) -> None:
-    repeats = 1 if cfg.quick else 3
-    local, local_loss, n = training.local_epochs(cfg, repeats)
-    remote, remote_loss, _ = training.duet_epochs(s, owner, cfg, repeats)
+def _watched(
+    side: DuetSide,
+    out: dict[str, Any],
+    key: str,
+    mb: float,
+    watch: bool,
+    run: Callable[..., float],
+    *args: Any,
+) -> float:
+    """Run a transfer; if ``watch``, record the owner's RSS before it and its peak during it under ``key``."""
+    if not watch:
+        return run(*args)
+    side.owner.call("reset_peak")
+    before = side.stats()
+    seconds = run(*args)
+    out[key] = {"mb": mb, "before": before, "after": side.stats()}
+    return seconds
+
+
+def _training(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]) -> None:
+    """One epoch locally and over duet, alternating, after one warm-up epoch of each."""
+    x, y = training.digits()
+    side.owner.call("digits")
+    xp, yp = side.s.store["digits_x"], side.s.store["digits_y"]
+    n = min(len(y), cfg.train_samples or len(y))
+    local, remote = [], []
+    for rep in range(cfg.epoch_repeats + 1):
+        local_seconds, local_loss = training.local_epoch(x, y, n, cfg.batch_size)
+        duet_seconds, duet_loss = training.duet_epoch(side.s, xp, yp, n, cfg.batch_size)
+        if rep:  # the first of each is the warm-up
+            local.append(local_seconds)
+            remote.append(duet_seconds)
     out["epoch"] = {
+        "torch_threads": {"scientist": torch.get_num_threads(), "owner": side.stats()["torch_threads"]},
         "samples": n,
         "batch_size": cfg.batch_size,
-        "local_seconds": local,
-        "duet_seconds": remote,
+        "local_seconds": statistics.median(local),
+        "duet_seconds": statistics.median(remote),
+        "local_all": local,
+        "duet_all": remote,
         "local_loss": local_loss,
-        "duet_loss": remote_loss,
+        "duet_loss": duet_loss,
     }

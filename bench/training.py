@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
@@ -10,11 +9,9 @@ import torch
 
 import duet
 
-from .config import Config
 from .owner import HANDLER_NAME
-from .procs import Child
 
-__all__ = ["DigitsNet", "run_epoch", "local_epochs", "duet_epochs"]
+__all__ = ["DigitsNet", "run_epoch", "digits", "local_epoch", "duet_epoch"]
 
 
 class DigitsNet(duet.Module):
@@ -48,43 +45,30 @@ def run_epoch(model: Any, th: Any, x: Any, y: Any, n: int, batch: int) -> Any:
     return total
 
 
-def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as x (N, 1, 8, 8) float32 in [0, 1] and y (N,) int64 (the owner publishes the same)."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
     return torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16, torch.tensor(y)
 
 
-def local_epochs(cfg: Config, repeats: int) -> tuple[float, float, int]:
-    """Median seconds of ``repeats`` local epochs (after one warm-up), their loss, and the samples used."""
-    x, y = _digits()
-    n = min(len(y), cfg.train_samples or len(y))
-    times, loss = [], 0.0
-    for i in range(repeats + 1):
-        torch.manual_seed(0)
-        model = DigitsNet(torch)
-        start = time.perf_counter()
-        loss = float(run_epoch(model, torch, x, y, n, cfg.batch_size))
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), loss, n
+def local_epoch(x: torch.Tensor, y: torch.Tensor, n: int, batch: int) -> tuple[float, float]:
+    """Seconds for one local epoch of a fresh model, and its summed loss."""
+    torch.manual_seed(0)
+    model = DigitsNet(torch)
+    start = time.perf_counter()
+    loss = float(run_epoch(model, torch, x, y, n, batch))
+    return time.perf_counter() - start, loss
 
 
-def duet_epochs(s: duet.Duet, owner: Child, cfg: Config, repeats: int) -> tuple[float, float, int]:
-    """The same over duet: data on the owner, the model sent there; timed from the first call to the
-    ``get`` of the summed loss, which waits for every call of the epoch."""
-    total = owner.call("digits")
-    n = min(total, cfg.train_samples or total)
-    x, y = s.store["digits_x"], s.store["digits_y"]
-    times, loss = [], 0.0
-    for i in range(repeats + 1):
-        torch.manual_seed(0)
-        model = DigitsNet(torch).send(s)
-        len(model.parameters())  # a blocking call: the model is on the owner before the clock starts
-        start = time.perf_counter()
-        result = run_epoch(model, s.torch, x, y, n, cfg.batch_size)
-        loss = float(result.get(request_block=True, name=HANDLER_NAME, strict=True, timeout_secs=120))
-        if i:
-            times.append(time.perf_counter() - start)
-        del model, result
-    return statistics.median(times), loss, n
+def duet_epoch(s: duet.Duet, x: Any, y: Any, n: int, batch: int) -> tuple[float, float]:
+    """The same over duet, the data being the owner's: a fresh model is sent first (not timed); the clock
+    runs from the first call to the ``get`` of the summed loss, which waits for every call of the epoch."""
+    torch.manual_seed(0)
+    model = DigitsNet(torch).send(s)
+    len(model.parameters())  # a blocking call: the model is on the owner before the clock starts
+    start = time.perf_counter()
+    result = run_epoch(model, s.torch, x, y, n, batch)
+    loss = float(result.get(request_block=True, name=HANDLER_NAME, strict=True, timeout_secs=120))
+    return time.perf_counter() - start, loss
