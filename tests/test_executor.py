@@ -245,7 +245,7 @@ def test_a_failure_propagates_to_everything_that_uses_it(owner: Owner) -> None:
     d = owner.meth(c, "__add__", 1)
     e = owner.call("torch.stack", [a, d])
     assert owner.error(d) is first and owner.error(e) is first
-    assert [oid for oid, _ in owner.failures] == [c.id, d.id, e.id]
+    assert [oid for oid, _ in owner.failures] == [c.id]  # reported once: the others fail where used
     assert owner.value(owner.meth(a, "sum")) == 6  # the rest goes on
 
 

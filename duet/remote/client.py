@@ -88,11 +88,13 @@ class RequestHandle:
         self.value: Any = None
         self._done = threading.Event()
         self._error: BaseException | None = None
+        self._pointer: Pointer | None = pointer  # the owner keeps the object until the request is settled
 
     def _settle(
         self, status: str, value: Any = None, reason: str = "", error: BaseException | None = None
     ) -> None:
         self.status, self.value, self.deny_reason, self._error = status, value, reason, error
+        self._pointer = None
         self._done.set()
 
     def wait(self, timeout: float | None = None) -> Any:

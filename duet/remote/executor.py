@@ -49,7 +49,15 @@ LOG_COLUMNS = ["time", "path", "args", "result_type", "result_shape", "status", 
 _MAX_CTX = 32
 _MAX_IDS = 100_000  # ids in one "del" op
 
-Handler = Callable[[dict[str, Any], Sequence[Any]], tuple[str, Any, set[str]]]
+Handler = Callable[[dict[str, Any], Sequence[Any]], tuple[Any, set[str]]]
+
+
+class _Inherited(Exception):
+    """An op used the result of an op that failed: it fails the same way, and is not reported again."""
+
+    def __init__(self, error: RemoteError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class Container(torch.nn.Module):
@@ -169,7 +177,7 @@ class Executor:
         self._last_args = ""
         kind = op.get("k") if isinstance(op, dict) else None
         out = op.get("o") if isinstance(op, dict) else None
-        path = str(op.get("p") or op.get("n") or kind)[:200] if isinstance(op, dict) else "?"
+        self._path = str(op.get("p") or op.get("n") or kind)[:200] if isinstance(op, dict) else "?"
         try:
             if not isinstance(op, dict) or not isinstance(kind, str):
                 raise ProtocolError("an op must be a dict with a string kind 'k'")
@@ -178,29 +186,32 @@ class Executor:
                 return None
             if kind == "ctx":
                 self._ctx(op)
-                self._record(path, "", None, "ok", start)
+                self._record(self._path, "", None, "ok", start)
                 return None
             handler = self._table.get(kind)
             if handler is None:
                 raise ProtocolError(f"unknown op kind {kind[:40]!r}")
             if not isinstance(out, str):
                 raise ProtocolError("an op needs its result id 'o'")
-            path, result, tags = handler(op, self._slice(op, buffers))
+            result, tags = handler(op, self._slice(op, buffers))
             entry = self.store.put(out, result, tags)
-            self._record(path, self._last_args, entry, "ok", start)
+            self._record(self._path, self._last_args, entry, "ok", start)
             return None
         except Exception as exc:  # noqa: BLE001 - every failure becomes the scientist's RemoteError
             error = self._as_remote(exc)
-            self._record(path, self._last_args, None, error.remote_type, start)
+            self._record(self._path, self._last_args, None, error.remote_type, start)
             if isinstance(out, str) and kind not in ("ctx", "del"):
                 try:
                     self.store.put(out, None, (), error=error)
                 except DuetError:  # a bad or reused id: the error goes back unattributed
                     return "", error
-                return out, error
+                # an inherited failure is already reported: the scientist sees it where it is used
+                return None if isinstance(exc, _Inherited) else (out, error)
             return "", error
 
     def _as_remote(self, exc: Exception) -> RemoteError:
+        if isinstance(exc, _Inherited):
+            return exc.error
         if isinstance(exc, RemoteError):
             return exc
         detail = str(exc)[:1000] if self.quotas.error_detail or isinstance(exc, DuetError) else ""
@@ -251,7 +262,7 @@ class Executor:
         def resolve(oid: str) -> Any:
             entry = self.store.get(oid)
             if entry.error is not None:
-                raise entry.error
+                raise _Inherited(entry.error)
             tags.update(entry.tags)
             return entry.obj
 
@@ -279,7 +290,7 @@ class Executor:
     def _self(self, op: dict[str, Any], tags: set[str]) -> Any:
         entry = self.store.get(op.get("s"))
         if entry.error is not None:
-            raise entry.error
+            raise _Inherited(entry.error)
         tags.update(entry.tags)
         return entry.obj
 
@@ -288,7 +299,7 @@ class Executor:
 
     # ---- op kinds ----------------------------------------------------------------------------------
 
-    def _call(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
+    def _call(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[Any, set[str]]:
         path = op.get("p")
         if not isinstance(path, str):
             raise ProtocolError("a call needs a dotted path")
@@ -301,17 +312,17 @@ class Executor:
         )
         guards.dry_run_call(fn, path, args, kwargs, self.quotas.tensor_bytes)
         result = self._timed(path, lambda: self.allowlist.call_function(path, args, kwargs))
-        return path, result, tags
+        return result, tags
 
-    def _meth(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
+    def _meth(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[Any, set[str]]:
         tags: set[str] = set()
         obj = self._self(op, tags)
         name = op.get("n")
         if not isinstance(name, str):
             raise ProtocolError("a method call needs a name")
+        path = self._path = f"{type(obj).__name__}.{name[:100]}"
         self.allowlist.check_method(obj, name)
         args, kwargs = self._args(op, bufs, tags)
-        path = f"{type(obj).__name__}.{name}"
         guards.refuse_published_change(
             self.allowlist, self._published, obj=obj, name=name, args=args, kwargs=kwargs
         )
@@ -322,17 +333,20 @@ class Executor:
         else:
             guards.dry_run_method(obj, name, args, kwargs, limit)
         result = self._timed(path, lambda: self.allowlist.call_method(obj, name, args, kwargs))
-        return path, result, tags
+        if name == "requires_grad_" and isinstance(obj, torch.Tensor):  # the metadata the scientist reads
+            self.store.get(op.get("s")).meta["requires_grad"] = obj.requires_grad
+        return result, tags
 
-    def _attr(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
+    def _attr(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[Any, set[str]]:
         tags: set[str] = set()
         obj = self._self(op, tags)
         name = op.get("n")
         if not isinstance(name, str):
             raise ProtocolError("a property needs a name")
-        return f"{type(obj).__name__}.{name}", self.allowlist.get_property(obj, name), tags
+        self._path = f"{type(obj).__name__}.{name[:100]}"
+        return self.allowlist.get_property(obj, name), tags
 
-    def _py(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
+    def _py(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[Any, set[str]]:
         name = op.get("n")
         if not isinstance(name, str):
             raise ProtocolError("a remote Python value needs a type name")
@@ -342,16 +356,17 @@ class Executor:
         if kwargs or len(args) > 1:
             raise PermissionDenied(f"python.{name} takes at most one positional argument")
         guards.check_python_args(name, args)
-        path = f"python.{name}"
-        return path, self._timed(path, lambda: cls(*args)), tags
+        path = self._path = f"python.{name}"
+        return self._timed(path, lambda: cls(*args)), tags
 
-    def _put(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
+    def _put(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[Any, set[str]]:
         tags: set[str] = set()
         value = self._decode(op.get("v"), bufs, tags)
         self._last_args = _kind(value)
-        return "send", value, tags
+        self._path = "send"
+        return value, tags
 
-    def _mod(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[str, Any, set[str]]:
+    def _mod(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[Any, set[str]]:
         children = op.get("c")
         if not isinstance(children, dict) or len(children) > 10_000:
             raise ProtocolError("a module container needs a dict of children")
@@ -365,13 +380,14 @@ class Executor:
                 raise PermissionDenied(f"refused module attribute name {str(name)[:40]!r}")
             entry = self.store.get(oid)
             if entry.error is not None:
-                raise entry.error
+                raise _Inherited(entry.error)
             if not isinstance(entry.obj, torch.nn.Module):
                 raise ProtocolError(f"child {name!r} is not a module")
             tags.update(entry.tags)
             container.add_module(name, entry.obj)
         self._last_args = f"{len(children)} children"
-        return "Module", container, tags
+        self._path = "Module"
+        return container, tags
 
     def _ctx(self, op: dict[str, Any]) -> None:
         path, enter = op.get("p"), op.get("e")
