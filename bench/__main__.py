@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="torch intra-op threads in each process (default 1: the owner and the scientist share the cores)",
     )
+    ap.add_argument(
+        "--budget",
+        type=int,
+        default=0,
+        help="stop (and clean up) after this many seconds (default 540, or 120 with --quick)",
+    )
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     if args.torch_threads:
@@ -47,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGALRM, _stop)
-    signal.alarm(BUDGET_SECONDS[cfg.quick])
+    signal.alarm(args.budget or BUDGET_SECONDS[cfg.quick])
     started = time.monotonic()
     host = machine()
     drops = udp_receive_errors()
@@ -60,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             from .scenarios import run_all
 
             results = run_all(cfg, _say)
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
         finally:
             signal.alarm(0)
     rows = build_rows(cfg, results)

@@ -60,7 +60,7 @@ class Child:
                 self._conn.send(("exit", ()))
             except OSError:
                 pass
-            self.proc.join(10)
+            self.proc.join(5)
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(5)
