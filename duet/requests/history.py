@@ -361,15 +361,21 @@ class History:
         self.session = session
         self._lock = lock if lock is not None else threading.RLock()
         self._entries: list[tuple[str, Request]] = []
+        self._counts: Counter[str] = Counter()  # this session's, kept as entries come (the panel asks often)
 
     def append(self, req: Request, session: str | None = None) -> None:
         with self._lock:
             self._entries.append((session or self.session, req))
+            if (session or self.session) == self.session:
+                self._counts[req.status] += 1
 
     def counts(self, *, all_sessions: bool = False) -> dict[str, int]:
         """How many requests were accepted, denied and expired (this session unless ``all_sessions``)."""
         with self._lock:
-            c = Counter(r.status for s, r in self._entries if all_sessions or s == self.session)
+            if all_sessions:
+                c = Counter(r.status for _, r in self._entries)
+            else:
+                c = self._counts.copy()
         return {k: c.get(k, 0) for k in ("accepted", "denied", "expired")}
 
     def __len__(self) -> int:

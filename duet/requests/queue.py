@@ -132,6 +132,7 @@ class RequestQueue:
         self.clock = clock
         self.max_pending = max_pending
         self._pending: list[Request] = []
+        self._by_key: dict[tuple, Request] = {}  # pending requests by dedup key (a flood must not cost n²)
         self._known: dict[str, Request] = {}
         self._listeners: list[Listener] = []
         self._closed = False
@@ -220,11 +221,9 @@ class RequestQueue:
             if self._closed:
                 raise DuetError("the request queue is closed")
             self._sanitize(req)
-            if wait:
-                key = req._dedup_key()
-                for other in self._pending:
-                    if other._dedup_key() == key:
-                        return other
+            key = req._dedup_key()
+            if wait and key in self._by_key:
+                return self._by_key[key]
             if req.id in self._known:
                 raise ValueError(f"request id {req.id!r} is already in use")
             handler = self._handlers.first_match(req)
@@ -238,6 +237,7 @@ class RequestQueue:
             req._queue = self
             self._known[req.id] = req
             self._pending.append(req)
+            self._by_key.setdefault(key, req)
             if handler is not None:
                 outcomes.append(self._decide_by_handler(req, handler))
             elif not wait:
@@ -328,6 +328,8 @@ class RequestQueue:
             self._db.record_request(row)
         req.status, req.decided_by, req.decided_at, req.deny_reason = status, by, decided_at, reason
         self._pending.remove(req)
+        if self._by_key.get(req._dedup_key()) is req:
+            del self._by_key[req._dedup_key()]
         self._history.append(req)
 
     def _finish(self, outcomes: Sequence[_Outcome]) -> None:

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RequestPanel", "format_age"]
 
+MAX_ROWS = 50  # rows shown; a flood of requests must not make every queue event rebuild a thousand rows
+
 
 def format_age(seconds: float) -> str:
     """``"42s"``, ``"3m 05s"``, ``"2h 07m"``."""
@@ -33,7 +35,8 @@ def format_age(seconds: float) -> str:
 
 
 class _Row:
-    """The widgets of one pending request."""
+    """The widgets of one pending request. A row whose request left is kept and re-bound to the next
+    request to show (making widgets is what costs when a thousand requests come and go)."""
 
     def __init__(self, panel: RequestPanel, req: Request) -> None:
         self.req = req
@@ -41,11 +44,22 @@ class _Row:
         self.reason = widgets.Text(placeholder="deny reason (optional)", layout=widgets.Layout(width="14em"))
         self.accept_button = widgets.Button(description="Accept", button_style="success", tooltip="Accept")
         self.deny_button = widgets.Button(description="Deny", button_style="danger", tooltip="Deny")
-        self.accept_button.on_click(lambda _b: panel._decide(req, accept=True, reason=""))
-        self.deny_button.on_click(lambda _b: panel._decide(req, accept=False, reason=self.reason.value))
+        self.accept_button.on_click(lambda _b: panel._decide(self.req, accept=True, reason=""))
+        self.deny_button.on_click(lambda _b: panel._decide(self.req, accept=False, reason=self.reason.value))
         self.box = widgets.HBox([self.label, self.reason, self.accept_button, self.deny_button])
+        self.shown_at: int | None = None
+
+    def bind(self, req: Request) -> _Row:
+        self.req = req
+        self.reason.value = ""
+        self.shown_at = None
+        return self
 
     def update(self, now: float) -> None:
+        """Show the request; ages are in whole seconds, so a row shown this second is left as it is."""
+        if self.shown_at == int(now):
+            return
+        self.shown_at = int(now)
         r = self.req
         esc = html.escape
         what = r.object_type or r.kind
@@ -67,13 +81,16 @@ class _Row:
 
 
 class RequestPanel(widgets.VBox):
-    """``d.requests.widget()``: a VBox with a header (counts), one row per pending request, a message line."""
+    """``d.requests.widget()``: a VBox with a header (counts), a row per pending request (the oldest
+    ``max_rows``; a line counts the rest), and a message line."""
 
-    def __init__(self, queue: RequestQueue, **kwargs: Any) -> None:
+    def __init__(self, queue: RequestQueue, max_rows: int = MAX_ROWS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._queue = queue
+        self.max_rows = max_rows
         self._panel_lock = threading.RLock()
         self._rows: dict[str, _Row] = {}
+        self._spare: list[_Row] = []  # rows whose request left, to show the next ones
         self._closed_panel = False
         self.header = widgets.HTML()
         self.message = widgets.HTML()
@@ -81,6 +98,7 @@ class RequestPanel(widgets.VBox):
         self.refresh_button.on_click(lambda _b: self.refresh())
         self._top = widgets.HBox([self.header, self.refresh_button])
         self._empty = widgets.HTML("<i>No pending requests.</i>")
+        self._more = widgets.HTML()
         queue.add_listener(self._on_event)
         self.refresh()
 
@@ -112,22 +130,28 @@ class RequestPanel(widgets.VBox):
             if self._closed_panel:
                 return
             pending = list(self._queue)
+            shown = pending[: self.max_rows]
             counts = self._queue.history.counts()
             now = self._queue.clock()
-            ids = {r.id for r in pending}
-            gone = [self._rows.pop(rid) for rid in list(self._rows) if rid not in ids]
-            for r in pending:
+            ids = {r.id for r in shown}
+            self._spare.extend(self._rows.pop(rid) for rid in list(self._rows) if rid not in ids)
+            for r in shown:
                 row = self._rows.get(r.id)
                 if row is None:
-                    row = self._rows[r.id] = _Row(self, r)
+                    row = self._rows[r.id] = self._spare.pop().bind(r) if self._spare else _Row(self, r)
                 row.update(now)
+            gone, self._spare = self._spare[self.max_rows :], self._spare[: self.max_rows]
+            more = len(pending) - len(shown)
+            self._more.value = (
+                f"<i>… and {more} more (decide these first, or use d.requests)</i>" if more else ""
+            )
             decided = ", ".join(f"{n} {k}" for k, n in counts.items())
             closed = " <small>&middot; queue closed</small>" if self._queue.closed else ""
             self.header.value = (
                 f"<b>Duet requests</b>: {len(pending)} pending <small>(decided: {decided})</small>{closed}"
             )
-            body = [self._rows[r.id].box for r in pending] or [self._empty]
-            self.children = [self._top, *body, self.message]
+            body = [self._rows[r.id].box for r in shown] or [self._empty]
+            self.children = [self._top, *body, *([self._more] if more else []), self.message]
             for row in gone:
                 row.close()
 
@@ -138,9 +162,10 @@ class RequestPanel(widgets.VBox):
                 return
             self._closed_panel = True
             self._queue.remove_listener(self._on_event)
-            for row in self._rows.values():
+            for row in [*self._rows.values(), *self._spare]:
                 row.close()
             self._rows.clear()
-            for w in (self._top, self._empty, self.header, self.message, self.refresh_button):
+            self._spare.clear()
+            for w in (self._top, self._empty, self._more, self.header, self.message, self.refresh_button):
                 w.close()
         super().close()
