@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextvars
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -50,8 +51,36 @@ def in_loop_thread() -> bool:
 
 
 def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-    """Schedule a coroutine on the duet loop and return a thread-safe future."""
-    return asyncio.run_coroutine_threadsafe(coro, get_loop())
+    """Schedule a coroutine on the duet loop and return a thread-safe future.
+
+    The task starts in an empty ``contextvars`` context, not the caller's: in Jupyter the caller's context
+    names the cell that ran it, and output printed later by the session (``print_local``, progress bars)
+    must go to the cell that is running then, not to a finished one.
+    """
+    loop = get_loop()
+    result: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def start() -> None:
+        if result.cancelled():
+            coro.close()
+            return
+        task = loop.create_task(coro)
+
+        def finished(t: asyncio.Task[T]) -> None:
+            if result.cancelled():
+                return
+            if t.cancelled():
+                result.cancel()
+            elif (exc := t.exception()) is not None:
+                result.set_exception(exc)
+            else:
+                result.set_result(t.result())
+
+        task.add_done_callback(finished)
+        result.add_done_callback(lambda f: f.cancelled() and loop.call_soon_threadsafe(task.cancel))
+
+    loop.call_soon_threadsafe(start, context=contextvars.Context())
+    return result
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
