@@ -1,7 +1,9 @@
 """The owner's record: decided-request history (in memory, with pandas) and the sqlite RecordDB on disk.
 
-``RecordDB`` keeps one sqlite connection (stdlib ``sqlite3``, autocommit, WAL, ``synchronous=FULL``), so each
-write is durable when the call returns and a crashed process loses no record. Every process that opens the
+``RecordDB`` keeps one sqlite connection (stdlib ``sqlite3``, autocommit, WAL, ``synchronous=NORMAL``), so each
+write is in the file's log when the call returns and a crashed or killed process loses no record (only a
+crash of the machine itself may lose the last writes: an fsync per write would cost milliseconds, on the
+session's loop thread, for every request a scientist sends). Every process that opens the
 file is one *session* (a random id in the ``sessions`` table); rows of earlier sessions stay and are shown
 again by the next session's history. Tables:
 
@@ -217,7 +219,7 @@ class RecordDB:
                     f"{self.path}: record schema {version} is newer than this duet's ({SCHEMA_VERSION})"
                 )
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute(

@@ -232,7 +232,7 @@ class RequestQueue:
             now = self.clock()
             req.created_at = _utc(now)
             req._deadline = None if req.timeout_secs < 0 else now + req.timeout_secs
-            if self._db is not None:
+            if self._db is not None and handler is None and wait:  # one decided at once: one row, below
                 self._db.record_request(request_row(req))
             req._queue = self
             self._known[req.id] = req
