@@ -10,6 +10,7 @@ the scientist's side; on a remote model each layer it calls is a remote call.
 from __future__ import annotations
 
 import collections
+import copy
 from typing import Any
 
 import torch
@@ -118,13 +119,27 @@ class Module:
     # ---- moving between the two sides ----------------------------------------------------------------
 
     def _rebuilt(self, torch_ref: Any) -> Module:
+        """The same class built again with ``torch_ref``; a local build leaves the caller's RNG as it was
+        (its fresh weights are overwritten anyway)."""
         args, kwargs = self._duet_init
         old = self.torch_ref
         args = tuple(torch_ref if a is old else a for a in args)
         kwargs = {k: torch_ref if v is old else v for k, v in kwargs.items()}
         if not any(a is torch_ref for a in args) and not any(v is torch_ref for v in kwargs.values()):
             kwargs["torch_ref"] = torch_ref
-        return type(self)(*args, **kwargs)
+        if isinstance(torch_ref, RemoteNamespace):
+            return type(self)(*args, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            return type(self)(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Module:
+        """A local model copies like an ``nn.Module`` (same class, copied weights); a remote one cannot."""
+        if not self.is_local:
+            raise TypeError("a remote model cannot be copied: .get() it, or send() the local model again")
+        twin = self._rebuilt(self.torch_ref)
+        twin.load_state_dict(copy.deepcopy(self.state_dict(), memo))
+        twin.train(self.training)
+        return twin
 
     def _container(self) -> Pointer:
         container = self._duet_container
