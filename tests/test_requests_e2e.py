@@ -46,7 +46,7 @@ d.store.publish(torch.tensor([1, 0, 1]), name="labels", tags=["#labels"], descri
 d.store.publish(torch.zeros(2, 2, dtype=torch.float16), name="half")
 d.store.publish(torch.tensor([True, False]), name="mask", tags=["#mask"])
 d.store.publish(42, name="answer", description="a Python int")
-d.store.publish("ward 3", name="ward", tags=["#text"])
+d.store.publish("Station Nord-7", name="ward", tags=["#text"])
 d.store.publish([1, 2, 3], name="list")
 d.store.publish({"a": 1, "b": 2.5}, name="dict")
 d.store.publish((1.0, 2.0), name="tuple")
@@ -140,7 +140,7 @@ def test_published_metadata_lookup_and_remove(session: tuple[Peer, duet.Duet]) -
         "half": ("Tensor", [2, 2], "float16", 8),
         "mask": ("Tensor", [2], "bool", 2),
         "answer": ("int", None, None, 8),
-        "ward": ("str", None, None, 6),
+        "ward": ("str", None, None, 14),
         "list": ("list", [3], None, 24),
         "dict": ("dict", [2], None, 18),  # keys count: 1 + 1 + 8 + 8
         "tuple": ("tuple", [2], None, 16),
@@ -156,7 +156,7 @@ def test_published_metadata_lookup_and_remove(session: tuple[Peer, duet.Duet]) -
     # metadata only: the listing carries no values, and the owner's ids are the scientist's
     listing = d._scientist.remote.store_listing()  # type: ignore[union-attr]
     assert all(set(item) <= set(STORE_COLUMNS) | {"numel", "requires_grad", "published"} for item in listing)
-    assert "ward 3" not in json.dumps(listing).replace('ward 3"', "").replace("ward 3,", "")
+    assert "Nord-7" not in json.dumps(listing)
     assert [i["id"] for i in listing] == ask(owner, "[e.id for e in d.store]")
 
     ids = {r["name"]: r["id"] for r in rows.values()}
@@ -274,16 +274,10 @@ def test_request_handle_status_and_wait(session: tuple[Peer, duet.Duet]) -> None
     ).items()
 
 
-@pytest.mark.xfail(
-    reason="duet/remote/client.py: a RequestHandle does not keep its pointer alive, so the scientist releases "
-    "the object of `x.sum().request(...)` before the owner decides (fix: RequestHandle keeps the Pointer "
-    "until it is settled)",
-    strict=False,
-)
 def test_request_on_a_pointer_dropped_at_once(session: tuple[Peer, duet.Duet]) -> None:
     owner, d = session
     handle = d.store["ages"].sum().request(name="dropped-pointer", timeout_secs=30)
-    gc.collect()
+    gc.collect()  # the pointer is gone: the handle keeps the owner's object until the request is settled
     assert len(d.store) > 0  # a round trip that carries the scientist's releases to the owner
     owner.run("for r in list(d.requests): r.accept()")
     assert handle.wait(10) == pytest.approx(66.0)
@@ -298,7 +292,7 @@ def test_undecided_requests_expire(session: tuple[Peer, duet.Duet]) -> None:
     start = time.monotonic()
     with pytest.warns(UserWarning, match="not decided in time"):
         assert total.get(request_block=True, name="nobody", timeout_secs=1) is None
-    assert 0.9 <= time.monotonic() - start < 3
+    assert 0.9 <= time.monotonic() - start < 5  # the owner's expiry runs every 0.25 s
     with pytest.raises(duet.RequestTimeout):
         total.get(request_block=True, name="nobody2", timeout_secs=0.5, strict=True)
     handle = total.request(name="nobody3", timeout_secs=0.5)
@@ -359,8 +353,7 @@ def test_history_has_every_decision(session: tuple[Peer, duet.Duet]) -> None:
         x.sum().get(name="h-auto")
     with pytest.warns(UserWarning):
         x.sum().get(request_block=True, name="h-exp", timeout_secs=0.3)
-    total = x.sum()  # kept: a pointer dropped at once would be freed before the owner decides
-    handle = total.request(name="h-own")
+    handle = x.sum().request(name="h-own")
     owner_waits(owner, "len(d.requests) == 1")
     owner.run("d.requests[0].accept()")
     handle.wait(10)
@@ -398,8 +391,7 @@ def test_history_is_in_sqlite_and_survives_a_killed_owner(signaling_url: str, tm
         x = d.store["ages"]
         assert x.sum().get(name="ok") == 15.0
         assert record()["ok"] == ("accepted", "handler:" + ask(first, "key"))  # written before the reply
-        mean = x.mean()
-        handle = mean.request(name="manual")
+        handle = x.mean().request(name="manual")
         owner_waits(first, "len(d.requests) == 1")
         assert record()["manual"] == ("pending", None)  # written on submission too
         first.run('d.requests[0].deny("later")')
@@ -466,7 +458,7 @@ def test_join_approval(signaling_url: str) -> None:
             start = time.monotonic()
             with pytest.raises(duet.PermissionDenied, match="unknown lab"):
                 joining.result(15)
-            assert time.monotonic() - start < 2
+            assert time.monotonic() - start < 3
             refused.send("wait-closed 10")
             assert refused.expect("CLOSED", 15)[1] == "True"
 
