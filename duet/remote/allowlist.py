@@ -867,11 +867,13 @@ The tables are reviewed like code: every addition is a one-line diff in `duet/re
 this page is regenerated from them. An owner who needs more for one session builds an extended copy and
 passes it to the session:
 
+<!-- run: standalone -->
 ```python
 from duet.remote.allowlist import DEFAULT_ALLOWLIST
 mine = DEFAULT_ALLOWLIST.extend(functions=["torch.special.erf"], methods={"Tensor": ["erfinv"]})
 mine.missing()   # entries your installed torch lacks (also reported at start-up)
 d = duet.launch_duet(allowlist=mine)
+d.close()
 ```
 
 Additions land in the family "owner additions" and go through the same review as the built-in tables:

@@ -136,9 +136,6 @@ class Executor:
         self._claimed = 0
         self._used: set[int] = set()
         self._last_args = ""
-        # torch imports its meta decompositions on the first dry run of a linear layer: do it now, aside
-        self._warm_up = threading.Thread(target=guards.warm_up, name="duet-warm-up", daemon=True)
-        self._warm_up.start()
         self._table: dict[str, Handler] = {
             "call": self._call,
             "meth": self._meth,
