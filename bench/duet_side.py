@@ -15,16 +15,21 @@ from duet import codec, wire
 from .owner import HANDLER_NAME, owner_peer
 from .procs import Child
 
-__all__ = ["DuetSide", "BigModel", "op_message_size"]
+__all__ = ["DuetSide", "BigModel", "frame_size", "get", "op_message_size"]
 
 _PART_HEADER = 5  # duet's per-message part header (flags + stream id), see duet/transport.py
 
 
+def frame_size(header: dict[str, Any], buffers: list[Any] | None = None) -> int:
+    """Bytes on the data channel of one small duet frame (frame + part header)."""
+    return len(wire.pack(header, buffers or [])) + _PART_HEADER
+
+
 def op_message_size() -> int:
-    """Bytes on the data channel of one ``y = y + 1`` call sent alone (frame + part header)."""
+    """Bytes on the data channel of one ``y = y + 1`` call sent alone."""
     buffers: list[Any] = []
     op = {"k": "meth", "s": "s10000", "n": "__add__", "a": codec.encode([1], buffers), "o": "s10001"}
-    return len(wire.pack({"t": "ops", "ops": [op]}, buffers)) + _PART_HEADER
+    return frame_size({"t": "ops", "ops": [op]}, buffers)
 
 
 class BigModel(duet.Module):

@@ -1,4 +1,4 @@
-"""The limits: a bare aiortc data channel and a bare asyncio TCP socket between two processes, no duet.
+"""Bare aiortc and bare asyncio TCP, no duet: the peer processes, and the async clients that time them.
 
 The peer process (spawned) answers a tiny protocol whose first byte says what to do with a message:
 ``E`` echo it back; ``C`` count it; ``A`` answer with the count so far (an ack, after a one-way burst);

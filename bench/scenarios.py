@@ -10,7 +10,7 @@ import torch
 
 from . import training
 from .config import MB, SMALL_BYTES, Config, nbytes
-from .duet_side import DuetSide, get, op_message_size
+from .duet_side import DuetSide, frame_size, get, op_message_size
 from .limits import Limits
 
 __all__ = ["run_all"]
@@ -67,14 +67,14 @@ def _round_trip(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]
         res["raw"] += limits.echo(n, SMALL_BYTES)
         res["tcp"] += limits.tcp_echo(n, SMALL_BYTES)
         res["get"] += side.timed_gets(ptr, n)
+        res["ping"] += side.pings(n)
     after = side.stats()
-    for _ in range(max(1, cfg.round_trips // BLOCK)):
-        res["ping"] += side.pings(min(BLOCK, cfg.round_trips))
-    gets = len(res["get"])  # the bytes per get on duet's channel (a heartbeat a second adds a little)
+    # the bytes of one get on duet's channel, each way: the pings' are taken out, heartbeats are negligible
+    gets, pings = len(res["get"]), len(res["ping"]) * frame_size({"t": "echo", "id": 1000})
     out["round_trip"] = {
         **res,
-        "request_bytes": (after["bytes_received"] - before["bytes_received"]) / gets,
-        "reply_bytes": (after["bytes_sent"] - before["bytes_sent"]) / gets,
+        "request_bytes": (after["bytes_received"] - before["bytes_received"] - pings) / gets,
+        "reply_bytes": (after["bytes_sent"] - before["bytes_sent"] - pings) / gets,
     }
 
 
