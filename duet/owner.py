@@ -175,7 +175,7 @@ class OwnerService:
 
     def _on_meta(self, msg: Message) -> None:
         try:
-            entry = self.store.get(msg.header.get("o"))
+            entry = self.store.lookup(msg.header.get("o"))
         except DuetError as exc:
             msg.reply(error_header(exc))
             return
@@ -209,6 +209,7 @@ class OwnerService:
             object_type=meta.get("type"),
             shape=tuple(meta["shape"]) if meta.get("shape") is not None else None,
             tags=entry.tags,
+            sources=self.store.source_tags(entry),
             elements=int(meta.get("numel", 1) or 0),
             timeout_secs=-1 if timeout < 0 else min(timeout, MAX_TIMEOUT),
         )
@@ -233,7 +234,7 @@ class OwnerService:
             raise ProtocolError("a request's timeout must be a finite number of seconds (negative: never)")
         if type(h.get("id")) is not int or msg.buffers:
             raise ProtocolError("a request has an integer id and carries no buffers")
-        entry = self.store.get(h.get("o"))
+        entry = self.store.lookup(h.get("o"))
         if entry.error is not None:
             raise entry.error
         limit = self.store.quotas.requests
@@ -278,7 +279,7 @@ class OwnerService:
         if req.status != "accepted":
             return {"t": "value", "status": req.status, "reason": req.deny_reason}, []
         try:
-            entry = self.store.get(req.object_id)
+            entry = self.store.lookup(req.object_id)
             buffers: list[Any] = []
             tree = codec.encode(entry.obj, buffers)
         except DuetError as exc:
@@ -302,7 +303,7 @@ class OwnerService:
             self._own(self._hang_up(channel, "the owner did not let the scientist join"))
 
     def _value_of(self, req: Request) -> Any:
-        return self.store.get(req.object_id).obj
+        return self.store.lookup(req.object_id).obj
 
 
 def _warm_up() -> None:

@@ -213,12 +213,25 @@ def test_tag_handler_matches_computed_values(session: tuple[Peer, duet.Duet]) ->
     owner.run('key = d.requests.add_handler(tags=["#ages"], action="accept")')
     x, labels = d.store["ages"], d.store["labels"]
     assert x.float().mean().get(name="anything") == pytest.approx(5.5)  # tags are inherited by results
-    assert (x[0, 0] + labels.float()[0]).get(name="mixed") == pytest.approx(1.0)  # ... from every argument
+    assert (x[0, 0] + d.torch.ones(1)).get(name="own") == pytest.approx(
+        1.0
+    )  # the scientist's data is no source
     with pytest.raises(duet.PermissionDenied):
-        labels.sum().get(name="untagged")  # no tag, no grant
-    rows = history(owner, ["anything", "mixed"])
-    assert rows["anything"]["decided_by"] == "handler:" + ask(owner, "key")
-    assert rows["anything"]["decision"] == "accepted"
+        labels.sum().get(name="untagged")  # no #ages, no grant
+    # a value computed from #ages *and* other data is not an #ages value, however it was mixed in
+    laundered = x[0, 0] + labels.float()[0]
+    in_place = x.clone()  # (x.float() would be x itself, and published data is read-only)
+    in_place.add_(labels.float().sum())  # the result pointer is dropped: the tensor it changed remembers
+    assigned = x.clone()
+    assigned[0, 0] = labels.float()[0]
+    through_a_view = x.clone()
+    through_a_view[0].copy_(labels.float()[:1].expand(4))
+    for mixed in (laundered, in_place, assigned, through_a_view):
+        with pytest.raises(duet.PermissionDenied):
+            mixed.get(name="mixed")
+    rows = history(owner, ["anything", "own", "mixed"])
+    assert rows["anything"]["decided_by"] == rows["own"]["decided_by"] == "handler:" + ask(owner, "key")
+    assert rows["mixed"]["decided_by"] == "auto"
 
 
 # ---- 3. deciding by hand ---------------------------------------------------------------------------------

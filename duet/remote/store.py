@@ -1,4 +1,16 @@
-"""The owner's store: every object the scientist can point at, its metadata, tags, and the quotas on it."""
+"""The owner's store: every object the scientist can point at, its metadata, tags, and the quotas on it.
+
+Provenance: every entry knows the published objects its value was computed from (``Entry.sources``), so a
+tag handler can grant a value only when *all* of them carry its tags (mixing ``#public`` with ``#secret``
+data gives a value ``#public`` does not cover). The executor reads an op's inputs with :meth:`Store.get`
+and stores its result with :meth:`Store.put`, in one thread, op after op; the store takes the sources of
+everything read since the last ``put`` (so the executor needs no part in it). Whatever an op may have
+written into gets the op's sources too: every entry sharing storage with its result (``x.add_(y)``
+returns ``x``; a view changed in place changes what it views), and, for an op that returns nothing
+(``x[0] = y``, ``loss.backward()``), its inputs, what shares their storage, and the leaves of a loss's
+autograd graph (the parameters ``backward`` writes gradients into, which ``opt.step()`` then applies).
+Sources only grow; an object derived from no published data has none, and no tag handler grants it.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +56,7 @@ class Entry:
     error: RemoteError | None = None
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
     meta: dict[str, Any] = field(default_factory=dict)
+    sources: frozenset[str] = frozenset()  # the published objects the value was computed from
 
     @property
     def nbytes(self) -> int:
@@ -68,6 +81,51 @@ class Entry:
     def __repr__(self) -> str:
         tags = " ".join(self.tags)
         return f"<Entry {self.id[:8]} {self.name!r} {self.meta.get('type')} {self.meta.get('shape')} {tags}>"
+
+
+def _storages(obj: Any) -> set[int]:
+    """The storages (by address) whose bytes make up a tensor or a module's parameters and buffers."""
+    if isinstance(obj, torch.Tensor):
+        return _storages_of_all([obj])
+    if isinstance(obj, torch.nn.Module):
+        return _storages_of_all([*obj.parameters(), *obj.buffers()])
+    return set()
+
+
+def _graph_leaves(t: torch.Tensor, limit: int = 200_000) -> list[torch.Tensor] | None:
+    """The leaf tensors of ``t``'s autograd graph (where ``backward`` accumulates gradients); None for a
+    graph of more than ``limit`` nodes."""
+    leaves: list[torch.Tensor] = []
+    seen: set[Any] = set()
+    stack = [t.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        if len(seen) >= limit:
+            return None
+        seen.add(fn)
+        var = getattr(fn, "variable", None)
+        if isinstance(var, torch.Tensor):
+            leaves.append(var)
+        stack.extend(f for f, _ in getattr(fn, "next_functions", ()))
+    return leaves
+
+
+def _trainable(obj: Any) -> bool:
+    return isinstance(obj, torch.nn.Module) or (isinstance(obj, torch.Tensor) and obj.requires_grad)
+
+
+def _storages_of_all(tensors: Iterable[torch.Tensor]) -> set[int]:
+    keys = set()
+    for t in tensors:
+        try:
+            ptr = t.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):  # no storage to alias (meta, sparse...)
+            continue
+        if ptr:
+            keys.add(ptr)
+    return keys
 
 
 def _meta(obj: Any) -> dict[str, Any]:
@@ -97,6 +155,9 @@ class Store:
         self._scientist_count = 0
         self._on_publish = on_publish
         self._on_remove = on_remove
+        self._reads = threading.local()  # entries read by this thread since its last put (provenance)
+        self._by_storage: dict[int, set[str]] = {}  # storage address -> ids of entries that use it
+        self._storage_of: dict[str, set[int]] = {}
 
     # ---- owner API ---------------------------------------------------------------------------------
 
@@ -106,13 +167,15 @@ class Store:
             tags = [tags]
         meta = _meta(obj)
         tag_tuple = tuple(dict.fromkeys(str(t) for t in tags))  # in the owner's order, each once
+        oid = "p" + secrets.token_hex(8)
         entry = Entry(
-            "p" + secrets.token_hex(8), obj, str(name), tag_tuple, str(description), True, meta=meta
+            oid, obj, str(name), tag_tuple, str(description), True, meta=meta, sources=frozenset([oid])
         )
         with self._lock:
             if name and any(e.published and e.name == name for e in self._entries.values()):
                 raise ValueError(f"an object named {name!r} is already published: remove it first")
             self._entries[entry.id] = entry
+            self._index(entry)
         if self._on_publish is not None:
             self._on_publish(entry)
         return entry
@@ -124,6 +187,7 @@ class Store:
         with self._lock:
             if self._entries.pop(entry.id, None) is None:
                 return
+            self._unindex(entry.id)
         if self._on_remove is not None:
             self._on_remove(entry)
 
@@ -185,7 +249,7 @@ class Store:
         with self._lock:
             return oid in self._entries
 
-    def get(self, oid: Any) -> Entry:
+    def lookup(self, oid: Any) -> Entry:
         """The entry a pointer names; refuses ids the scientist was never given."""
         if not isinstance(oid, str):
             raise ProtocolError("an object id must be a string")
@@ -195,10 +259,72 @@ class Store:
             raise PermissionDenied(f"no object with id {oid[:40]!r} in the owner's store")
         return entry
 
+    def get(self, oid: Any) -> Entry:
+        """An op's input: :meth:`lookup`, and remembered as a source of the op's result (see the module)."""
+        entry = self.lookup(oid)
+        reads: dict[str, Entry] | None = getattr(self._reads, "entries", None)
+        if reads is None or len(reads) > 10_000:  # a thread that reads and never puts keeps a bounded set
+            reads = self._reads.entries = {}
+        reads[entry.id] = entry
+        return entry
+
+    def source_tags(self, entry: Entry) -> tuple[tuple[str, ...], ...]:
+        """The owner's tags of each published object the entry's value may come from (``()`` for one removed
+        since): a tag handler grants the value only if it finds its tags in every one of them."""
+        with self._lock:
+            return tuple(
+                self._entries[oid].tags if oid in self._entries else () for oid in sorted(entry.sources)
+            )
+
+    def _spread(self, result: Entry, inputs: list[Entry]) -> None:
+        """(lock held) Give the op's sources to everything it may have written into (see the module)."""
+        if not result.sources:
+            return
+        keys = set(self._storage_of.get(result.id, ()))
+        touched = set()
+        if result.obj is None and result.error is None:
+            for e in inputs:
+                touched.add(e.id)
+                keys |= self._storage_of.get(e.id, set())
+                if isinstance(e.obj, torch.Tensor) and e.obj.grad_fn is not None:
+                    leaves = _graph_leaves(e.obj)
+                    if leaves is None:  # too big to follow: whatever could be a leaf
+                        touched |= {o for o, x in self._entries.items() if _trainable(x.obj)}
+                    else:
+                        keys |= _storages_of_all(leaves)
+        for key in keys:
+            touched |= self._by_storage.get(key, set())
+        for oid in touched:
+            other = self._entries.get(oid)
+            if other is not None and other is not result:
+                other.sources |= result.sources
+
+    def _index(self, entry: Entry) -> None:
+        keys = _storages(entry.obj)
+        if keys:
+            self._storage_of[entry.id] = keys
+            for key in keys:
+                self._by_storage.setdefault(key, set()).add(entry.id)
+
+    def _unindex(self, oid: str) -> None:
+        for key in self._storage_of.pop(oid, ()):
+            ids = self._by_storage.get(key)
+            if ids is not None:
+                ids.discard(oid)
+                if not ids:
+                    del self._by_storage[key]
+
+    def _take_reads(self) -> list[Entry]:
+        reads: dict[str, Entry] = getattr(self._reads, "entries", None) or {}
+        self._reads.entries = {}
+        return list(reads.values())
+
     def put(self, oid: Any, obj: Any, tags: Iterable[str] = (), error: RemoteError | None = None) -> Entry:
         """Store a result under the id the scientist chose (never replacing an existing object)."""
         if not isinstance(oid, str) or not oid.startswith("s") or len(oid) > 40:
             raise ProtocolError("result ids are strings the scientist allocates, starting with 's'")
+        inputs = self._take_reads()
+        sources: frozenset[str] = frozenset().union(*(e.sources for e in inputs))
         meta: dict[str, Any] = _meta(obj) if error is None else {"type": None}
         size = int(meta.get("size_bytes", 0))
         q = self.quotas
@@ -212,10 +338,12 @@ class Store:
                     f"the session's store quota of {q.store_bytes} bytes is spent "
                     f"({self._scientist_bytes} held, {size} more asked)"
                 )
-            entry = Entry(oid, obj, tags=tuple(sorted(set(tags))), error=error, meta=meta)
+            entry = Entry(oid, obj, tags=tuple(sorted(set(tags))), error=error, meta=meta, sources=sources)
             self._entries[oid] = entry
+            self._index(entry)
             self._scientist_bytes += entry.nbytes
             self._scientist_count += 1
+            self._spread(entry, inputs)
         return entry
 
     def release(self, oid: Any) -> bool:
@@ -225,6 +353,7 @@ class Store:
             if entry is None or entry.published:
                 return False
             del self._entries[oid]
+            self._unindex(oid)
             self._scientist_bytes -= entry.nbytes
             self._scientist_count -= 1
         return True

@@ -4,7 +4,10 @@ Matching rules (API.md, "Owner: the request queue"):
 
 - handlers are tried in the order added; the first that matches decides;
 - a handler matches on every criterion it names: ``name`` (equal to the request's name), ``tags`` (every
-  handler tag is among the owner's tags on the requested object), ``element_quota`` (an accept handler whose
+  handler tag is among the owner's tags of *each* published object the value was computed from, when the
+  request knows them (``Request.sources``; a value mixing ``#ages`` data with data the owner did not tag
+  ``#ages`` is not matched by ``tags=["#ages"]``, and one computed from no published object is matched by
+  no tag handler), else among the request's ``tags``), ``element_quota`` (an accept handler whose
   remaining quota is smaller than the request's element count does not match; released elements are counted
   only when the handler accepts);
 - a handler past its ``timeout_secs`` (counted from when it was added; -1 never) no longer matches.
@@ -94,10 +97,16 @@ class Handler:
             return False
         if self.name is not None and self.name != req.name:
             return False
-        if self.tags and not set(self.tags) <= set(req.tags):
+        if self.tags and not _tags_cover(set(self.tags), req):
             return False
         remaining = self.remaining_quota
         return not (self.action == "accept" and remaining is not None and req.elements > remaining)
+
+
+def _tags_cover(tags: set[str], req: Request) -> bool:
+    if req.sources is None:
+        return tags <= set(req.tags)
+    return bool(req.sources) and all(tags <= set(src) for src in req.sources)
 
 
 def print_local(req: Request, handler: Handler, value_of: Callable[[Request], object] | None) -> None:

@@ -76,6 +76,9 @@ class Request:
     object_type: str | None = None
     shape: tuple | None = None
     tags: tuple[str, ...] = ()
+    # the owner's tags of each published object the value was computed from (None: not known, and a tag
+    # handler looks at ``tags`` alone); a tag handler must find its tags in every one of them
+    sources: tuple[tuple[str, ...], ...] | None = None
     elements: int = 1
     timeout_secs: float = -1
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
@@ -252,6 +255,8 @@ class RequestQueue:
         req.name = str(req.name)[:MAX_NAME]
         req.reason = str(req.reason)[:MAX_REASON]
         req.tags = tuple(str(t) for t in req.tags)
+        if req.sources is not None:
+            req.sources = tuple(tuple(str(t) for t in src) for src in req.sources)
         req.elements = max(0, int(req.elements))
         t = float(req.timeout_secs)
         req.timeout_secs = t if math.isfinite(t) and t >= 0 else -1.0
