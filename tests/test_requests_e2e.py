@@ -229,9 +229,14 @@ def test_tag_handler_matches_computed_values(session: tuple[Peer, duet.Duet]) ->
     for mixed in (laundered, in_place, assigned, through_a_view):
         with pytest.raises(duet.PermissionDenied):
             mixed.get(name="mixed")
-    rows = history(owner, ["anything", "own", "mixed"])
+    # a deny handler, the other way round, refuses whatever touched its tags
+    owner.run('deny = d.requests.add_handler(tags=["#labels"], action="deny")')
+    with pytest.warns(UserWarning, match="denied"):
+        assert laundered.get(request_block=True, name="mixed-deny") is None
+    rows = history(owner, ["anything", "own", "mixed", "mixed-deny"])
     assert rows["anything"]["decided_by"] == rows["own"]["decided_by"] == "handler:" + ask(owner, "key")
     assert rows["mixed"]["decided_by"] == "auto"
+    assert rows["mixed-deny"]["decided_by"] == "handler:" + ask(owner, "deny")
 
 
 # ---- 3. deciding by hand ---------------------------------------------------------------------------------

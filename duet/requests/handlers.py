@@ -3,14 +3,18 @@
 Matching rules (API.md, "Owner: the request queue"):
 
 - handlers are tried in the order added; the first that matches decides;
-- a handler matches on every criterion it names: ``name`` (equal to the request's name), ``tags`` (every
-  handler tag is among the owner's tags of *each* published object the value was computed from, when the
-  request knows them (``Request.sources``; a value mixing ``#ages`` data with data the owner did not tag
-  ``#ages`` is not matched by ``tags=["#ages"]``, and one computed from no published object is matched by
-  no tag handler), else among the request's ``tags``), ``element_quota`` (an accept handler whose
-  remaining quota is smaller than the request's element count does not match; released elements are counted
-  only when the handler accepts);
+- a handler matches on every criterion it names: ``name`` (equal to the request's name), ``tags`` (see
+  below), ``element_quota`` (an accept handler whose remaining quota is smaller than the request's element
+  count does not match; released elements are counted only when the handler accepts);
 - a handler past its ``timeout_secs`` (counted from when it was added; -1 never) no longer matches.
+
+Tags are matched on the side of caution, so mixing data cannot widen a grant nor dodge a refusal. An
+*accept* handler's tags must be among the owner's tags of *every* published object the value was computed
+from (``Request.sources``): ``tags=["#ages"]`` grants ``x.mean()`` of an ``#ages`` object but not
+``x * 0 + y`` of another, nor anything computed from no published object. A *deny* handler's tags need
+only be among the tags of all of them together (``Request.tags`` and the sources'): ``tags=["#ages"]``
+refuses everything that touched ``#ages`` data. A request that does not know its sources (``None``) is
+matched on its ``tags`` alone.
 
 One stricter rule keeps admission and release apart: a handler named ``"join"`` matches only join requests,
 and a join request is matched only by a handler named ``"join"``. So a catch-all accept handler never lets
@@ -97,15 +101,17 @@ class Handler:
             return False
         if self.name is not None and self.name != req.name:
             return False
-        if self.tags and not _tags_cover(set(self.tags), req):
+        if self.tags and not _tags_cover(set(self.tags), req, self.action):
             return False
         remaining = self.remaining_quota
         return not (self.action == "accept" and remaining is not None and req.elements > remaining)
 
 
-def _tags_cover(tags: set[str], req: Request) -> bool:
+def _tags_cover(tags: set[str], req: Request, action: str) -> bool:
     if req.sources is None:
         return tags <= set(req.tags)
+    if action == "deny":
+        return tags <= set(req.tags).union(*req.sources)
     return bool(req.sources) and all(tags <= set(src) for src in req.sources)
 
 
