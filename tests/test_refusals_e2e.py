@@ -14,6 +14,7 @@ scientist's later calls queue behind the slow one.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import secrets
@@ -294,6 +295,8 @@ def test_tensor_and_object_quotas(pair: tuple[Peer, duet.Duet]) -> None:
             _ = d.torch.zeros(300_000).shape  # 1.2 MB made on the owner's side
     finally:
         set_quotas(owner, tensor_bytes=1 << 30)
+    gc.collect()
+    assert len(d.store) == 2  # a round trip: the releases of dropped pointers have reached the owner
     held = ask(owner, "d.store.scientist_objects")
     set_quotas(owner, objects=held + 3)
     try:

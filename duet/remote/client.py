@@ -31,6 +31,7 @@ from ..errors import (
     RequestTimeout,
 )
 from .allowlist import DEFAULT_ALLOWLIST
+from .handle import RequestHandle
 from .pointer import Pointer
 
 if TYPE_CHECKING:
@@ -75,38 +76,6 @@ def raise_remote(header: dict[str, Any]) -> None:
     if cls is not None:
         raise cls(message)
     raise RemoteError(kind, message)
-
-
-class RequestHandle:
-    """A request for a value: ``.status`` is pending, accepted, denied or expired; ``.wait()`` gives the value."""
-
-    def __init__(self, name: str, reason: str, pointer: Pointer) -> None:
-        self.name, self.reason = name, reason
-        self.object_id = pointer._duet_id
-        self.status = "pending"
-        self.deny_reason = ""
-        self.value: Any = None
-        self._done = threading.Event()
-        self._error: BaseException | None = None
-        self._pointer: Pointer | None = pointer  # the owner keeps the object until the request is settled
-
-    def _settle(
-        self, status: str, value: Any = None, reason: str = "", error: BaseException | None = None
-    ) -> None:
-        self.status, self.value, self.deny_reason, self._error = status, value, reason, error
-        self._pointer = None
-        self._done.set()
-
-    def wait(self, timeout: float | None = None) -> Any:
-        """Block until decided; returns the value (None if denied or expired)."""
-        if not self._done.wait(timeout):
-            raise RequestTimeout(f"request {self.name!r} not decided within {timeout} s")
-        if self._error is not None:
-            raise self._error
-        return self.value
-
-    def __repr__(self) -> str:
-        return f"<Request {self.name!r} {self.status}>"
 
 
 class Remote:
@@ -326,7 +295,7 @@ class Remote:
             self._flush()
             try:
                 reply = await self._channel_of().request(header, timeout=wait)
-                self._settle(handle, reply, strict=False)
+                self._settle(handle, reply, strict=False, warn=False)  # its status says so, not a warning
             except Exception as exc:  # noqa: BLE001 - kept on the handle, raised by wait()
                 handle._settle("failed", error=exc)
 
@@ -360,7 +329,10 @@ class Remote:
         reply = self._request_sync(header, timeout=wait if wait is not None else 10 * 365 * 86400)
         return self._settle(handle, reply, strict=strict or not request_block, blocking=request_block)
 
-    def _settle(self, handle: RequestHandle, reply: Message, *, strict: bool, blocking: bool = True) -> Any:
+    def _settle(
+        self, handle: RequestHandle, reply: Message, *, strict: bool, blocking: bool = True, warn: bool = True
+    ) -> Any:
+        """The reply to a request, onto its handle; for ``get``, the value (or a raise or warning)."""
         h = reply.header
         if h.get("t") == "error":
             try:
@@ -383,15 +355,17 @@ class Remote:
                 )
             if strict:
                 raise RequestDenied(f"request {handle.name!r} was denied{': ' + reason if reason else ''}")
-            warnings.warn(
-                f"request {handle.name!r} was denied{': ' + reason if reason else ''}", stacklevel=4
-            )
+            if warn:
+                warnings.warn(
+                    f"request {handle.name!r} was denied{': ' + reason if reason else ''}", stacklevel=4
+                )
             return None
         if status == "expired":
             handle._settle("expired", reason=reason)
             if strict:
                 raise RequestTimeout(f"request {handle.name!r} was not decided in time")
-            warnings.warn(f"request {handle.name!r} was not decided in time (expired)", stacklevel=4)
+            if warn:
+                warnings.warn(f"request {handle.name!r} was not decided in time (expired)", stacklevel=4)
             return None
         raise ProtocolError(f"unexpected request status {status!r}")
 

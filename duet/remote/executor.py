@@ -27,25 +27,23 @@ request queue do not wait for it), but the scientist's later calls queue behind 
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .. import codec
 from ..errors import DuetError, PermissionDenied, ProtocolError, QuotaExceeded, RemoteError
-from . import guards
+from . import guards, readonly
+from .activity import ActivityLog, Row, kind
 from .allowlist import DEFAULT_ALLOWLIST, Allowlist
 from .store import Entry, Quotas, Store
 
 __all__ = ["Executor", "ActivityLog", "Container"]
 
-LOG_COLUMNS = ["time", "path", "args", "result_type", "result_shape", "status", "duration_ms"]
 _MAX_CTX = 32
 _MAX_IDS = 100_000  # ids in one "del" op
 
@@ -67,58 +65,6 @@ class Container(torch.nn.Module):
 
     def forward(self, *args: Any) -> Any:
         raise RemoteError("NotImplementedError", "a duet module's forward runs on the scientist's side")
-
-
-@dataclass
-class _Row:
-    time: dt.datetime
-    path: str
-    args: str
-    result_type: str
-    result_shape: str
-    status: str
-    duration_ms: float
-
-
-class ActivityLog:
-    """Every op the scientist ran, newest last (bounded; ``total`` counts all)."""
-
-    def __init__(self, limit: int = 100_000) -> None:
-        self._rows: collections.deque[_Row] = collections.deque(maxlen=limit)
-        self.total = 0
-        self.failed = 0
-
-    def add(self, row: _Row) -> None:
-        self._rows.append(row)
-        self.total += 1
-        self.failed += row.status != "ok"
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    @property
-    def pandas(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame([r.__dict__ for r in list(self._rows)], columns=LOG_COLUMNS)
-
-    def summary(self) -> dict[str, Any]:
-        paths = collections.Counter(r.path for r in list(self._rows))
-        return {"calls": self.total, "failed": self.failed, "most_used": paths.most_common(5)}
-
-
-def _kind(x: Any, depth: int = 0) -> str:
-    """An argument as the activity log shows it: its type and shape, never its value."""
-    if isinstance(x, torch.Tensor):
-        return f"Tensor{list(x.shape)}"
-    if isinstance(x, (list, tuple)):
-        if depth >= 2:
-            return f"{type(x).__name__}[{len(x)}]"
-        items = ",".join(_kind(v, depth + 1) for v in x[:4]) + (",…" if len(x) > 4 else "")
-        return f"{type(x).__name__}[{items}]"
-    if isinstance(x, dict):
-        return f"dict[{len(x)}]"
-    return type(x).__name__
 
 
 class Executor:
@@ -217,7 +163,7 @@ class Executor:
     def _record(self, path: str, args: str, entry: Entry | None, status: str, start: float) -> None:
         meta = entry.meta if entry is not None else {}
         self.log.add(
-            _Row(
+            Row(
                 dt.datetime.now(dt.timezone.utc),
                 path,
                 args,
@@ -280,7 +226,7 @@ class Executor:
             or any(type(k) is not str for k in kwargs)
         ):
             raise ProtocolError("arguments must be a list and keyword arguments a dict with string keys")
-        kinds = [_kind(a) for a in args] + [f"{k}={_kind(v)}" for k, v in kwargs.items()]
+        kinds = [kind(a) for a in args] + [f"{k}={kind(v)}" for k, v in kwargs.items()]
         self._last_args = ", ".join(kinds)[:300]
         return args, kwargs
 
@@ -304,7 +250,7 @@ class Executor:
         tags: set[str] = set()
         args, kwargs = self._args(op, bufs, tags)
         self.allowlist.check_arguments(path, args, kwargs)
-        guards.refuse_published_change(
+        readonly.refuse_published_change(
             self.allowlist, self._published, fn=fn, path=path, args=args, kwargs=kwargs
         )
         guards.dry_run_call(fn, path, args, kwargs, self.quotas.tensor_bytes)
@@ -320,7 +266,7 @@ class Executor:
         path = self._path = f"{type(obj).__name__}.{name[:100]}"
         self.allowlist.check_method(obj, name)
         args, kwargs = self._args(op, bufs, tags)
-        guards.refuse_published_change(
+        readonly.refuse_published_change(
             self.allowlist, self._published, obj=obj, name=name, args=args, kwargs=kwargs
         )
         guards.check_items_before(obj, name, args, kwargs)
@@ -359,7 +305,7 @@ class Executor:
     def _put(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[Any, set[str]]:
         tags: set[str] = set()
         value = self._decode(op.get("v"), bufs, tags)
-        self._last_args = _kind(value)
+        self._last_args = kind(value)
         self._path = "send"
         return value, tags
 

@@ -1,7 +1,7 @@
-"""The executor's resource and integrity guards: meta-device dry runs, size and item limits, published data.
+"""The executor's resource guards: meta-device dry runs, tensor byte and Python item limits.
 
 Everything here runs *before* a call (or right after it, before its result is stored) and raises
-:class:`~duet.errors.QuotaExceeded` or :class:`~duet.errors.PermissionDenied`; nothing here runs the call.
+:class:`~duet.errors.QuotaExceeded`; nothing here runs the call.
 
 - **Dry run.** A tensor call runs first on torch's ``meta`` device (shapes only, no memory), so a call that
   would allocate more than ``Quotas.tensor_bytes`` is refused before anything is allocated. A module's
@@ -12,24 +12,20 @@ Everything here runs *before* a call (or right after it, before its result is st
   large (``tolist``, ``split``/``unbind``/``chunk``, sequence concatenation, ``List(tensor)``) are checked
   against ``MAX_ITEMS`` from their operands' sizes first, and every result's node count (shared and cyclic
   references counted each time they are reached, as the metadata walk does) is bounded before it is stored.
-- **Published objects are read-only.** A call that would change a published object in place — or a tensor
-  sharing memory with one (a slice, ``detach()``, ``.data``, a published model's parameter), through an
-  in-place method, an operator, ``inplace=True``, or an optimizer over it — is refused: work on ``clone()``.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from ..errors import PermissionDenied, QuotaExceeded
-from .allowlist import OPTIMIZERS, RUNTIME, SCHEDULERS, Allowlist
+from ..errors import QuotaExceeded
+from .allowlist import OPTIMIZERS, RUNTIME, SCHEDULERS
 
 __all__ = [
     "MAX_INT_BITS",
@@ -38,9 +34,11 @@ __all__ = [
     "check_result",
     "dry_run_call",
     "dry_run_method",
+    "check_python_args",
+    "check_tensor_bytes",
+    "count_nodes",
     "dry_run_module",
-    "published_memory",
-    "refuse_published_change",
+    "warm_up",
 ]
 
 MAX_ITEMS = 1_000_000  # nodes in one Python value a call makes (a list of 1M floats is ~30 MB)
@@ -69,8 +67,6 @@ _CREATORS = frozenset(
 _GROWERS = frozenset(
     {"__add__", "__iadd__", "__radd__", "extend", "append", "insert", "__setitem__", "update"}
 )
-# changing these on a published module changes no value: mode flags and gradients
-_HARMLESS_ON_MODULES = frozenset({"train", "eval", "zero_grad", "requires_grad_"})
 
 
 # ---- dry runs on the meta device ---------------------------------------------------------------------------
@@ -296,119 +292,3 @@ def check_result(result: Any, limit: int, what: str) -> None:
         raise QuotaExceeded(f"{what} made an int of {result.bit_length():,} bits, over {MAX_INT_BITS:,}")
     else:
         check_tensor_bytes(result, limit, what)
-
-
-# ---- published objects are read-only ---------------------------------------------------------------------
-
-
-def _tensors(obj: Any) -> Iterable[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, torch.nn.Module):
-        yield from obj.parameters()
-        yield from obj.buffers()
-    elif isinstance(obj, dict):
-        yield from (v for v in list(obj.values())[:10_000] if isinstance(v, torch.Tensor))
-    elif isinstance(obj, (list, tuple)):
-        yield from (v for v in obj[:10_000] if isinstance(v, torch.Tensor))
-
-
-def _memory(t: torch.Tensor) -> int:
-    """The address of a tensor's storage (0 for an empty one, which nothing can change)."""
-    try:
-        return int(t.untyped_storage().data_ptr()) if t.numel() else 0
-    except RuntimeError:
-        return 0
-
-
-def published_memory(published: Iterable[Any]) -> tuple[set[int], set[int]]:
-    """(storage addresses of published tensors, ids of published objects and their direct items)."""
-    addresses: set[int] = set()
-    ids: set[int] = set()
-    for obj in published:
-        ids.add(id(obj))
-        if isinstance(obj, dict):
-            ids.update(id(v) for v in list(obj.values())[:10_000])
-        elif isinstance(obj, (list, tuple)):
-            ids.update(id(v) for v in obj[:10_000])
-        addresses.update(a for t in _tensors(obj) if (a := _memory(t)))
-    return addresses, ids
-
-
-def _touches(obj: Any, addresses: set[int], ids: set[int]) -> bool:
-    if id(obj) in ids:
-        return True
-    return any(_memory(t) in addresses for t in _tensors(obj))
-
-
-def _inplace(fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
-    """Whether a functional call asks ``inplace=True`` (by keyword or by position)."""
-    if kwargs.get("inplace") is True:
-        return True
-    try:
-        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
-    except (TypeError, ValueError):
-        return False
-    return bound.arguments.get("inplace") is True
-
-
-def _targets(
-    fn: Any,
-    obj: Any,
-    name: str,
-    path: str,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
-    allowlist: Allowlist,
-) -> list[Any]:
-    """The objects a call would change in place (a cheap first pass: usually none)."""
-    targets: list[Any] = []
-    if obj is not None:
-        if isinstance(obj, torch.nn.Module) and name == "__call__":
-            if getattr(obj, "inplace", False) is True:
-                targets.extend(args[:1])
-            if obj.training:  # batch norm's running statistics
-                targets.extend(obj.buffers())
-        elif allowlist.mutates(obj, name) and not (
-            isinstance(obj, torch.nn.Module) and name in _HARMLESS_ON_MODULES
-        ):
-            targets.append(obj)
-    elif path.startswith("torch.optim.") and not path.startswith("torch.optim.lr_scheduler."):
-        for group in args[:1]:
-            for p in group if isinstance(group, (list, tuple)) else [group]:
-                targets.extend(p.get("params", []) if isinstance(p, dict) else [p])
-    elif path.startswith("torch.nn.functional."):
-        if path.endswith(".batch_norm"):
-            targets.extend(args[1:3])
-        if _inplace(fn, args, kwargs):
-            targets.extend(args[:1])
-    return targets
-
-
-def refuse_published_change(
-    allowlist: Allowlist,
-    published: Callable[[], Iterable[Any]],
-    *,
-    fn: Any = None,
-    obj: Any = None,
-    name: str = "",
-    path: str = "",
-    args: Sequence[Any] = (),
-    kwargs: Mapping[str, Any] | None = None,
-) -> None:
-    """Raise PermissionDenied if the call (method ``name`` of ``obj``, or function ``fn`` at ``path``) would
-    change a published object in place. ``published()`` is asked only when the call changes something."""
-    targets = _targets(fn, obj, name, path, args, kwargs or {}, allowlist)
-    if not targets:
-        return
-    addresses, ids = published_memory(published())
-    if name == "requires_grad_" and isinstance(obj, torch.Tensor):
-        hit = id(obj) in ids  # the flag of a view of published data changes nothing the owner holds
-    else:
-        hit = any(_touches(t, addresses, ids) for t in targets)
-    if hit:
-        what = f"{type(obj).__name__}.{name}" if obj is not None else path
-        raise PermissionDenied(
-            f"{what} would change the owner's published data in place: published objects are read-only "
-            "(work on a copy: .clone())"
-        )

@@ -1,0 +1,139 @@
+"""Published objects are read-only: the executor refuses a call that would change one in place.
+
+A call is refused if it would change a published object — or a tensor sharing memory with one (a slice,
+``detach()``, ``.data``, a published model's parameter) — through an in-place method or operator
+(``Allowlist.mutates``), ``inplace=True`` (by keyword or position), an optimizer over its parameters, batch
+norm's running statistics (a training-mode module call, ``F.batch_norm(training=True)``), or a container
+holding a published module. Mode switches (``train``/``eval``), ``zero_grad`` and ``requires_grad_`` on a
+published module change no value and are allowed; so is anything done to a ``clone()``. Only the direct
+items of a published list or dict are covered, not deeper ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..errors import PermissionDenied
+from .allowlist import Allowlist
+
+__all__ = ["published_memory", "refuse_published_change"]
+
+# changing these on a published module changes no value: mode flags and gradients
+_HARMLESS_ON_MODULES = frozenset({"train", "eval", "zero_grad", "requires_grad_"})
+
+
+def _tensors(obj: Any) -> Iterable[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, torch.nn.Module):
+        yield from obj.parameters()
+        yield from obj.buffers()
+    elif isinstance(obj, dict):
+        yield from (v for v in list(obj.values())[:10_000] if isinstance(v, torch.Tensor))
+    elif isinstance(obj, (list, tuple)):
+        yield from (v for v in obj[:10_000] if isinstance(v, torch.Tensor))
+
+
+def _memory(t: torch.Tensor) -> int:
+    """The address of a tensor's storage (0 for an empty one, which nothing can change)."""
+    try:
+        return int(t.untyped_storage().data_ptr()) if t.numel() else 0
+    except RuntimeError:
+        return 0
+
+
+def published_memory(published: Iterable[Any]) -> tuple[set[int], set[int]]:
+    """(storage addresses of published tensors, ids of published objects and their direct items)."""
+    addresses: set[int] = set()
+    ids: set[int] = set()
+    for obj in published:
+        ids.add(id(obj))
+        if isinstance(obj, dict):
+            ids.update(id(v) for v in list(obj.values())[:10_000])
+        elif isinstance(obj, (list, tuple)):
+            ids.update(id(v) for v in obj[:10_000])
+        addresses.update(a for t in _tensors(obj) if (a := _memory(t)))
+    return addresses, ids
+
+
+def _touches(obj: Any, addresses: set[int], ids: set[int]) -> bool:
+    if id(obj) in ids:
+        return True
+    return any(_memory(t) in addresses for t in _tensors(obj))
+
+
+def _inplace(fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+    """Whether a functional call asks ``inplace=True`` (by keyword or by position)."""
+    if kwargs.get("inplace") is True:
+        return True
+    try:
+        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        return False
+    return bound.arguments.get("inplace") is True
+
+
+def _targets(
+    fn: Any,
+    obj: Any,
+    name: str,
+    path: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    allowlist: Allowlist,
+) -> list[Any]:
+    """The objects a call would change in place (a cheap first pass: usually none)."""
+    targets: list[Any] = []
+    if obj is not None:
+        if isinstance(obj, torch.nn.Module) and name == "__call__":
+            if getattr(obj, "inplace", False) is True:
+                targets.extend(args[:1])
+            if obj.training:  # batch norm's running statistics
+                targets.extend(obj.buffers())
+        elif allowlist.mutates(obj, name) and not (
+            isinstance(obj, torch.nn.Module) and name in _HARMLESS_ON_MODULES
+        ):
+            targets.append(obj)
+    elif path.startswith("torch.optim.") and not path.startswith("torch.optim.lr_scheduler."):
+        for group in args[:1]:
+            for p in group if isinstance(group, (list, tuple)) else [group]:
+                targets.extend(p.get("params", []) if isinstance(p, dict) else [p])
+    elif path.startswith("torch.nn.functional."):
+        if path.endswith(".batch_norm"):
+            targets.extend(args[1:3])
+        if _inplace(fn, args, kwargs):
+            targets.extend(args[:1])
+    return targets
+
+
+def refuse_published_change(
+    allowlist: Allowlist,
+    published: Callable[[], Iterable[Any]],
+    *,
+    fn: Any = None,
+    obj: Any = None,
+    name: str = "",
+    path: str = "",
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+) -> None:
+    """Raise PermissionDenied if the call (method ``name`` of ``obj``, or function ``fn`` at ``path``) would
+    change a published object in place. ``published()`` is asked only when the call changes something."""
+    targets = _targets(fn, obj, name, path, args, kwargs or {}, allowlist)
+    if not targets:
+        return
+    addresses, ids = published_memory(published())
+    if name == "requires_grad_" and isinstance(obj, torch.Tensor):
+        hit = id(obj) in ids  # the flag of a view of published data changes nothing the owner holds
+    else:
+        hit = any(_touches(t, addresses, ids) for t in targets)
+    if hit:
+        what = f"{type(obj).__name__}.{name}" if obj is not None else path
+        raise PermissionDenied(
+            f"{what} would change the owner's published data in place: published objects are read-only "
+            "(work on a copy: .clone())"
+        )
