@@ -20,7 +20,7 @@ from .remote.store import Entry, Quotas, Store
 from .requests.queue import MAX_NAME, MAX_REASON, Request, RequestQueue
 
 if TYPE_CHECKING:
-    from .requests.history import RecordDB
+    from .requests.record import RecordDB
     from .transport import Channel, Message
 
 __all__ = ["OwnerService", "error_header"]

@@ -4,8 +4,9 @@ The ipywidgets panel lives in ``duet.requests.widget`` (imported on first ``Requ
 """
 
 from duet.requests.handlers import Handler, HandlerList
-from duet.requests.history import History, RecordDB
+from duet.requests.history import History
 from duet.requests.queue import AlreadyDecided, Request, RequestQueue, new_request_id
+from duet.requests.record import RecordDB
 
 __all__ = [
     "AlreadyDecided",
