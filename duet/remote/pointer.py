@@ -115,9 +115,9 @@ class Pointer:
         return self._duet_remote.method(self, "__call__", args, kwargs)
 
     def __len__(self) -> int:
-        meta = self._duet_metadata("len")
-        if meta.get("type") in _MUTABLE_TYPES:
-            meta = self._duet_metadata(fresh=True)
+        meta = self._duet_meta
+        if meta is None or "len" not in meta or meta.get("type") in _MUTABLE_TYPES:
+            meta = self._duet_metadata(fresh=True)  # one round trip; a list's length can change
         if meta.get("len") is None:
             raise TypeError(f"remote object of type {meta.get('type')} has no len()")
         return int(meta["len"])
