@@ -6,11 +6,8 @@ import asyncio
 import concurrent.futures
 import logging
 import math
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from . import codec, loop
 from .errors import DuetError, PermissionDenied, ProtocolError, QuotaExceeded
@@ -101,11 +98,8 @@ class OwnerService:
         }
 
     def start(self) -> None:
-        """(loop thread) The scientist is connected: expire requests on time, and warm torch up while the
-        scientist looks at the store rather than on its first call (a daemon thread: a short session's
-        process need not wait for it)."""
+        """(loop thread) The scientist is connected: expire requests on time."""
         self._own(self._expiry())
-        threading.Thread(target=_warm_up, name="duet-warm-up", daemon=True).start()
 
     def _own(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -304,14 +298,6 @@ class OwnerService:
 
     def _value_of(self, req: Request) -> Any:
         return self.store.lookup(req.object_id).obj
-
-
-def _warm_up() -> None:
-    """The executor's first dry run on torch's meta device imports torch._dynamo (seconds): do it now."""
-    try:
-        (torch.empty(2, device="meta") * 2).mean()
-    except Exception:  # noqa: BLE001 - only a warm-up
-        log.debug("meta warm-up failed", exc_info=True)
 
 
 def _object_record(entry: Entry) -> dict[str, Any]:
