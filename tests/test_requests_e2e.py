@@ -448,57 +448,54 @@ def test_history_is_in_sqlite_and_survives_a_killed_owner(signaling_url: str, tm
 def test_join_approval(signaling_url: str) -> None:
     from test_hostile_e2e import attach_without_hello, call
 
-    by_hand, refused, by_handler = (
-        Peer("owner.py", "--url", signaling_url, "--approve-join") for _ in range(3)
-    )
+    owner = start_owner(signaling_url, "--approve-join")  # one process, a new session for each case
     try:
-        for owner in (by_hand, refused, by_handler):
-            owner.session_id = owner.expect("SESSION", 60)[1]  # type: ignore[attr-defined]
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
             # accepted by the owner, by hand: join_duet blocks until then
-            joining = pool.submit(
-                duet.join_duet, by_hand.session_id, signaling_url=signaling_url, name="carol"
-            )
-            owner_waits(by_hand, "len(d.requests) == 1")
-            assert ask(by_hand, "(d.requests[0].kind, d.requests[0].name)") == ["join", "join"]
-            assert "carol" in ask(by_hand, "d.requests[0].requester")
+            joining = pool.submit(duet.join_duet, owner.session_id, signaling_url=signaling_url, name="carol")
+            owner_waits(owner, "len(d.requests) == 1")
+            assert ask(owner, "(d.requests[0].kind, d.requests[0].name)") == ["join", "join"]
+            assert "carol" in ask(owner, "d.requests[0].requester")
             assert not joining.done()
-            by_hand.run("d.requests[0].accept()")
+            owner.run("d.requests[0].accept()")
             carol = joining.result(15)
             assert carol.status == "connected" and len(carol.store) == 0
             carol.close()
-            assert ask(by_hand, "d.requests.history[-1].decided_by") == "owner"
+            assert ask(owner, "d.requests.history[-1].decided_by") == "owner"
 
             # denied: join_duet raises at once and both sides close
-            joining = pool.submit(duet.join_duet, refused.session_id, signaling_url=signaling_url, name="eve")
-            owner_waits(refused, "len(d.requests) == 1")
-            refused.run('d.requests[0].deny(reason="unknown lab")')
+            owner.send("relaunch")
+            owner.session_id = owner.expect("SESSION")[1]  # type: ignore[attr-defined]
+            joining = pool.submit(duet.join_duet, owner.session_id, signaling_url=signaling_url, name="eve")
+            owner_waits(owner, "len(d.requests) == 1")
+            owner.run('d.requests[0].deny(reason="unknown lab")')
             start = time.monotonic()
             with pytest.raises(duet.PermissionDenied, match="unknown lab"):
                 joining.result(15)
             assert time.monotonic() - start < 3
-            refused.send("wait-closed 10")
-            assert refused.expect("CLOSED", 15)[1] == "True"
+            owner.send("wait-closed 10")
+            assert owner.expect("CLOSED", 15)[1] == "True"
 
         # accepted by a join handler; before that, no other message is served
-        by_handler.run('d.requests.add_handler(name="join", action="accept")\nd.store.publish(1, name="one")')
-        raw = attach_without_hello(by_handler.session_id, signaling_url)  # type: ignore[attr-defined]
+        owner.send("relaunch")
+        owner.session_id = owner.expect("SESSION")[1]  # type: ignore[attr-defined]
+        owner.run('d.requests.add_handler(name="join", action="accept")\nd.store.publish(1, name="one")')
+        raw = attach_without_hello(owner.session_id, signaling_url)  # type: ignore[attr-defined]
         try:
             for header in ({"t": "store"}, {"t": "meta", "o": "p0"}, {"t": "req", "o": "p0", "block": True}):
                 reply = call(raw, header)
                 assert (reply["t"], reply["kind"]) == ("error", "PermissionDenied"), header
                 assert "not approved" in reply["message"]
             raw.channel.send({"t": "ops", "ops": [{"k": "put", "o": "s1", "v": codec.encode(5, [])}]})
-            assert ask(by_handler, "len(d.requests.history)") == 0
+            assert ask(owner, "len(d.requests.history)") == 0
             assert call(raw, {"t": "hello"})["t"] == "welcome"
             assert [i["name"] for i in call(raw, {"t": "store"})["items"]] == ["one"]
             assert call(raw, {"t": "meta", "o": "s1"})["kind"] == "PermissionDenied"  # the early op never ran
-            assert ask(by_handler, "d.requests.history[-1].decided_by").startswith("handler:")
+            assert ask(owner, "d.requests.history[-1].decided_by").startswith("handler:")
         finally:
             raw.close()
     finally:
-        for owner in (by_hand, refused, by_handler):
-            owner.close()
+        owner.close()
 
 
 # ---- 8. delete_obj ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Test-only commands beyond the session's own: ``exec CODE`` runs statements and ``eval EXPR`` prints
 ``VAL <json>``, both in one namespace kept for the whole process (``d``, ``torch``, ``duet``, ``json``, ``say``
 and whatever earlier code defined); ``wait SECONDS EXPR`` blocks until EXPR is true, re-checked on every
-event of the request queue (no polling), and prints ``WAITED True|False``.
+event of the request queue (no polling), and prints ``WAITED True|False``; ``relaunch`` closes the session
+and launches a new one with the same options in this process (prints ``SESSION <id>``).
 """
 
 from __future__ import annotations
@@ -33,26 +34,34 @@ def main() -> None:
     ap.add_argument("--name", default="hospital")
     ap.add_argument("--loopback", action="store_true")
     args = ap.parse_args()
-    d = duet.launch_duet(
-        signaling_url=args.url,
-        name=args.name,
-        quiet=True,
-        loopback=args.loopback,
-        approve_join=args.approve_join,
-        db_path=args.db,
-    )
     changed = threading.Condition()
 
     def on_queue_event(_event: str, _req: Any) -> None:
         with changed:
             changed.notify_all()
 
-    d.requests.add_listener(on_queue_event)
-    ns: dict[str, Any] = {"d": d, "duet": duet, "torch": torch, "json": json, "say": say}
-    say("SESSION", d.session_id)
+    def launch() -> duet.Duet:
+        d = duet.launch_duet(
+            signaling_url=args.url,
+            name=args.name,
+            quiet=True,
+            loopback=args.loopback,
+            approve_join=args.approve_join,
+            db_path=args.db,
+        )
+        d.requests.add_listener(on_queue_event)
+        ns["d"] = d
+        say("SESSION", d.session_id)
+        return d
+
+    ns: dict[str, Any] = {"duet": duet, "torch": torch, "json": json, "say": say}
+    d = launch()
     for line in sys.stdin:
         cmd, _, rest = line.strip().partition(" ")
-        if cmd == "wait-peer":
+        if cmd == "relaunch":
+            d.close()
+            d = launch()
+        elif cmd == "wait-peer":
             d.wait_for_peer(timeout=float(rest or 30))
             say("CONNECTED", d.peer.name if d.peer else "", d.peer.fingerprint if d.peer else "", d.status)
         elif cmd == "echo":
