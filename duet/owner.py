@@ -117,6 +117,11 @@ class OwnerService:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.requests.close()
 
+    def peer_gone(self) -> None:
+        """The scientist's channel closed: what it asked for can no longer be delivered, so it expires
+        (``decided_by="disconnected"``) instead of waiting in the owner's queue for nobody."""
+        self.requests.expire_all("disconnected")
+
     async def _expiry(self) -> None:
         while True:
             await asyncio.sleep(0.25)

@@ -252,6 +252,15 @@ class RequestQueue:
         self._finish([(r, None) for r in due])
         return due
 
+    def expire_all(self, by: str) -> list[Request]:
+        """Expire every pending request now, recorded as decided ``by`` (e.g. "disconnected")."""
+        with self._lock:
+            left = list(self._pending)
+            for r in left:
+                self._decide(r, "expired", by)
+        self._finish([(r, None) for r in left])
+        return left
+
     def _decide_by_handler(self, req: Request, handler: Handler) -> _Outcome:
         status = "accepted" if handler.action == "accept" else "denied"
         self._decide(req, status, f"handler:{handler.key}")
