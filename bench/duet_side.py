@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from typing import Any
 
@@ -134,8 +135,11 @@ class DuetSide:
         return BigModel(torch, math.isqrt(nbytes // 4))
 
     def close(self) -> None:
+        """Close the session (a failure is reported, not raised over the run's own error); stop the owner."""
         try:
             self.disconnect()
+        except Exception as exc:  # noqa: BLE001 - cleanup must reach the owner process
+            print(f"bench: closing the duet session failed: {exc!r}", file=sys.stderr)
         finally:
             self.owner.close()
 

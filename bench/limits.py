@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from .procs import Child
 from .raw import LoopThread, RawRtc, RawTcp, rtc_peer, tcp_peer
 
@@ -61,9 +63,12 @@ class Limits:
         return float(self._loop.run(self.tcp.push(total, self.message_size), timeout=300))
 
     def close(self) -> None:
+        """Best effort for the connections (the run may be failing already); the processes always stop."""
         try:
-            self._loop.run(self.rtc.close(), timeout=10)
-            self._loop.run(self.tcp.close(), timeout=10)
+            with contextlib.suppress(Exception):
+                self._loop.run(self.rtc.close(), timeout=10)
+            with contextlib.suppress(Exception):
+                self._loop.run(self.tcp.close(), timeout=10)
         finally:
             self._rtc_peer.close()
             self._tcp_peer.close()

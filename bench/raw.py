@@ -192,8 +192,13 @@ class RawRtc:
         start = time.perf_counter()
         pc = self.pc = RTCPeerConnection(_config())
         dc = self.dc = pc.createDataChannel("bench", ordered=True)
-        opened = asyncio.get_running_loop().create_future()
-        dc.on("open", lambda: opened.done() or opened.set_result(None))
+        opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        @dc.on("open")
+        def on_open() -> None:
+            if not opened.done():
+                opened.set_result(None)
+
         dc.on("message", self._on_message)
         dc.bufferedAmountLowThreshold = LOW_WATER
         dc.on("bufferedamountlow", self._low.set)
