@@ -15,6 +15,7 @@ from .errors import (
     RequestTimeout,
     SignalingError,
 )
+from .remote.client import RemoteWarning
 from .remote.module import Module
 from .remote.store import Quotas
 from .session import Duet, join_duet, launch_duet
@@ -31,6 +32,7 @@ __all__ = [
     "Quotas",
     "QuotaExceeded",
     "RemoteError",
+    "RemoteWarning",
     "RequestDenied",
     "RequestTimeout",
     "SignalingError",

@@ -69,7 +69,9 @@ def owner() -> int:
     train_x, train_y, test_x, test_y = digits()
     d = duet.launch_duet(loopback=True, name="digits-hospital", quiet=True)
     d.store.publish(train_x, name="train_images", tags=["#digits", "#train"], description="digit scans, 8x8")
-    d.store.publish(train_y, name="train_labels", tags=["#digits", "#train"], description="what each scan shows")
+    d.store.publish(
+        train_y, name="train_labels", tags=["#digits", "#train"], description="what each scan shows"
+    )
     d.store.publish(test_x, name="test_images", tags=["#digits", "#test"], description="held-out scans")
     d.store.publish(test_y, name="test_labels", tags=["#digits", "#test"], description="held-out labels")
     d.requests.add_handler(name="loss", action="accept")
@@ -118,7 +120,9 @@ def scientist(owner_proc: subprocess.Popen[str]) -> int:
     assert d.echo(payload) == payload  # 16 MB to the owner and 16 MB back
     bulk = time.perf_counter() - t_bulk
     phases["channel check"] = time.perf_counter() - t
-    say(f"scientist: 16 MB each way in {bulk:.2f} s ({32 / bulk:.1f} MB/s), round trip {d.ping() * 1000:.2f} ms")
+    say(
+        f"scientist: 16 MB each way in {bulk:.2f} s ({32 / bulk:.1f} MB/s), round trip {d.ping() * 1000:.2f} ms"
+    )
 
     say("scientist: the owner's store:")
     say(d.store.pandas[["name", "tags", "type", "shape", "dtype"]].to_string())
@@ -166,7 +170,9 @@ def scientist(owner_proc: subprocess.Popen[str]) -> int:
     say(f"scientist: asked for the raw training images: {'DENIED' if leaked is None else 'RELEASED?!'}")
 
     t = time.perf_counter()
-    trained = model.get(request_block=True, name="model", reason="take the trained model home", timeout_secs=60)
+    trained = model.get(
+        request_block=True, name="model", reason="take the trained model home", timeout_secs=60
+    )
     phases["get model"] = time.perf_counter() - t
     assert trained is not None and trained.is_local
     _, _, pub_x, pub_y = digits()  # the digits are public: the scientist has its own copy of the test split

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import codec, loop
 from .errors import DuetError, PermissionDenied, ProtocolError, QuotaExceeded
+from .progress import transfer_bar
 from .remote.allowlist import Allowlist
 from .remote.executor import Executor
 from .remote.store import Entry, Quotas, Store
@@ -47,9 +48,9 @@ class _Waiter:
         self.cid = msg.header.get("id")
         self.delete = delete
 
-    def reply(self, header: dict[str, Any], buffers: list[Any] | None = None) -> None:
+    def reply(self, header: dict[str, Any], buffers: list[Any] | None = None, progress: Any = None) -> None:
         if self.cid is not None and not self.channel.closed:
-            self.channel.send({**header, "re": self.cid}, buffers or ())
+            self.channel.send({**header, "re": self.cid}, buffers or (), ordered=False, progress=progress)
 
 
 class OwnerService:
@@ -251,10 +252,13 @@ class OwnerService:
             return
         waiters.append(_Waiter(msg, delete))
         if not req.pending:
-            loop.get_loop().call_soon(self._deliver, req)
+            self._deliver(req)  # decided already (by a handler, as it arrived): answer at once
 
     def _on_decided(self, req: Request) -> None:
-        loop.get_loop().call_soon_threadsafe(self._deliver, req)
+        if loop.in_loop_thread():
+            self._deliver(req)  # decided by a handler as the request arrived: answer now, no extra hop
+        else:
+            loop.get_loop().call_soon_threadsafe(self._deliver, req)
 
     def _deliver(self, req: Request) -> None:
         """(loop thread) Answer everyone waiting on a decided request: one answer (one snapshot of the
@@ -268,7 +272,7 @@ class OwnerService:
         header, buffers = self._answer(req)
         for waiter in waiting:
             try:
-                waiter.reply(header, buffers)
+                waiter.reply(header, buffers, progress=transfer_bar(f"sending {req.name or req.object_type}"))
             except DuetError:
                 log.info("could not answer request %s: the session is closed", req.id)
         if header.get("status") == "accepted" and any(w.delete for w in waiting):

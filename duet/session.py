@@ -213,13 +213,14 @@ class Duet:
         finally:
             await self._client.close()
         self._attach(pc, dc, peer)
-        reply = await self.channel.request({"t": "hello"}, timeout=self._timeout or 30.0)
-        if reply.header.get("t") != "welcome":
-            await self.channel.close("join refused")
-            try:
+        # with approve_join a person decides: wait for them as long as the owner's queue would (10 min)
+        try:
+            reply = await self.channel.request({"t": "hello"}, timeout=max(self._timeout or 30.0, 600.0))
+            if reply.header.get("t") != "welcome":
                 raise_remote(reply.header)
-            except DuetError:
-                raise
+        except BaseException:
+            await self.channel.close("join refused or not approved in time")
+            raise
         assert self._scientist is not None
         self._own(periodic_release(self._scientist.remote, self._stop))
 
@@ -243,6 +244,8 @@ class Duet:
 
     def _on_channel_close(self, reason: str) -> None:
         self._status = "closed"
+        if self._owner is not None:
+            self._owner.peer_gone()  # what the scientist still waited for can no longer be delivered
         if not self._closing:
             level = logging.INFO if reason.startswith("the peer closed") else logging.WARNING
             log.log(level, "session ended: %s", reason)
@@ -335,7 +338,7 @@ class Duet:
         handler = self.handlers.get(msg.type)
         if handler is None:
             msg.reply(
-                {"t": "error", "kind": "ProtocolError", "message": f"unknown message type {msg.type!r}"}
+                {"t": "error", "kind": "ProtocolError", "message": f"unknown message type {msg.type[:60]!r}"}
             )
             return None
         return handler(msg)
@@ -436,5 +439,9 @@ def join_duet(
             ) from exc
     session_id = codes.normalize_session_id(session_id)
     d = Duet("scientist", session_id, name=name, signaling_url=_signaling_url(signaling_url), timeout=timeout)
-    loop.run(d._start_scientist(ice_servers), timeout=timeout + 5)
+    try:
+        loop.run(d._start_scientist(ice_servers))  # bounded inside: connection timeout, then join approval
+    except BaseException:
+        d._status = "closed"
+        raise
     return d

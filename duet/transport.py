@@ -46,6 +46,9 @@ LOW_WATER = 256 * 1024
 MAX_PARTIAL = 64  # frames being reassembled at once
 
 
+Progress = Callable[[int, int], None]
+
+
 @dataclass
 class Message:
     """One received frame: its header (a dict), its raw buffers, and the way to answer it."""
@@ -58,14 +61,17 @@ class Message:
     def type(self) -> str:
         return str(self.header.get("t", ""))
 
-    def reply(self, header: dict[str, Any], buffers: Sequence[wire.Buffer] = ()) -> None:
+    def reply(
+        self, header: dict[str, Any], buffers: Sequence[wire.Buffer] = (), progress: Progress | None = None
+    ) -> None:
+        """Answer this message (unordered: a reply never waits behind later calls). A peer that has
+        left gets nothing, quietly."""
         cid = self.header.get("id")
-        if cid is not None:
-            self.channel.send({**header, "re": cid}, buffers)
+        if cid is not None and not self.channel.closed:
+            self.channel.send({**header, "re": cid}, buffers, ordered=False, progress=progress)
 
 
 Handler = Callable[[Message], Awaitable[None] | None]
-Progress = Callable[[int, int], None]
 
 
 class Channel:
@@ -318,7 +324,7 @@ class Channel:
             return
         re = header.get("re")
         if re is not None:
-            fut = self._pending.pop(re, None) if isinstance(re, int) else None
+            fut = self._pending.pop(re, None) if type(re) is int else None
             if fut is not None and not fut.done():
                 fut.set_result(msg)
             return
@@ -331,10 +337,14 @@ class Channel:
 
     async def _dispatcher(self) -> None:
         """Hand messages to the session one at a time, in arrival order (calls are pipelined)."""
+        handled = 0
         while True:
             msg = await self._inbox.get()
             if msg is None:
                 return
+            handled += 1
+            if handled % 64 == 0:
+                await asyncio.sleep(0)  # a flood of messages must not starve heartbeats and sending
             try:
                 result = self._on_message(msg)
                 if result is not None:
@@ -350,7 +360,7 @@ class Channel:
                 self._lost(f"no sign of life from the peer for {self._dead_after:.0f} s")
                 await self._pc.close()
                 return
-            if now - self._last_sent >= self._heartbeat and not self._urgent:
+            if now - self._last_sent >= self._heartbeat and not self._urgent and not self._closed:
                 self.send({"t": "hb"}, ordered=False)
 
 

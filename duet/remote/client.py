@@ -30,6 +30,7 @@ from ..errors import (
     RequestDenied,
     RequestTimeout,
 )
+from ..progress import transfer_bar
 from .allowlist import DEFAULT_ALLOWLIST
 from .handle import RequestHandle
 from .pointer import Pointer
@@ -243,10 +244,10 @@ class Remote:
 
     # ---- blocking calls --------------------------------------------------------------------------------
 
-    def _request_sync(self, header: dict[str, Any], timeout: float) -> Message:
+    def _request_sync(self, header: dict[str, Any], timeout: float, progress: Any = None) -> Message:
         async def go() -> Message:
             self._flush()
-            return await self._channel_of().request(header, timeout=timeout)
+            return await self._channel_of().request(header, timeout=timeout, progress=progress)
 
         try:
             return loop.run(go())
@@ -326,7 +327,10 @@ class Remote:
             "delete": bool(delete_obj),
         }
         wait = None if timeout_secs < 0 else float(timeout_secs) + 30
-        reply = self._request_sync(header, timeout=wait if wait is not None else 10 * 365 * 86400)
+        bar = transfer_bar(f"receiving {name or 'value'}")
+        reply = self._request_sync(
+            header, timeout=wait if wait is not None else 10 * 365 * 86400, progress=bar
+        )
         return self._settle(handle, reply, strict=strict or not request_block, blocking=request_block)
 
     def _settle(
