@@ -11,6 +11,7 @@ items of a published list or dict are covered, not deeper ones.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -71,10 +72,24 @@ def _inplace(fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
     if kwargs.get("inplace") is True:
         return True
     try:
-        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
-    except (TypeError, ValueError):
+        position = _inplace_position(fn)
+    except TypeError:  # an unhashable callable: not one of torch's functions with an inplace flag
         return False
-    return bound.arguments.get("inplace") is True
+    return position is not None and len(args) > position and args[position] is True
+
+
+@functools.lru_cache(maxsize=1024)
+def _inplace_position(fn: Any) -> int | None:
+    """Where ``fn`` takes ``inplace`` positionally, if it does (looked up once per function: this runs
+    for every functional call of a training loop)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    for i, p in enumerate(params):
+        if p.name == "inplace" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            return i
+    return None
 
 
 def _targets(
