@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from . import codec, loop
 from .errors import DuetError, PermissionDenied, ProtocolError, QuotaExceeded
 from .progress import transfer_bar
+from .remote import guards
 from .remote.allowlist import Allowlist
 from .remote.executor import Executor
 from .remote.store import Entry, Quotas, Store
@@ -99,8 +100,12 @@ class OwnerService:
         }
 
     def start(self) -> None:
-        """(loop thread) The scientist is connected: expire requests on time."""
+        """(loop thread) The scientist is connected: expire requests on time, and let the executor's own
+        thread import torch's meta-device code now (~1.5 s once per process) rather than in the first call.
+        It is that thread (not a daemon one) so that a process exiting meanwhile waits for it instead of
+        aborting inside torch."""
         self._own(self._expiry())
+        self._pool.submit(guards.warm_up)
 
     def _own(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

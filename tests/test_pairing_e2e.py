@@ -157,7 +157,15 @@ def test_the_server_cannot_read_what_it_relays(monkeypatch: pytest.MonkeyPatch, 
         owner.wait_for_peer(timeout=10)
         assert len(stored) == 3
         blob = " ".join(stored)
-        for secret in ("a=fingerprint", "candidate", "127.0.0.1", "ice-ufrag", "ward-3", "alice", owner.session_id):
+        for secret in (
+            "a=fingerprint",
+            "candidate",
+            "127.0.0.1",
+            "ice-ufrag",
+            "ward-3",
+            "alice",
+            owner.session_id,
+        ):
             assert secret not in blob
         assert owner.identity.fingerprint not in blob and sci.identity.fingerprint not in blob
         assert sci.peer is not None and sci.peer.fingerprint == owner.identity.fingerprint
