@@ -352,12 +352,14 @@ def test_store_and_object_quotas() -> None:
 
 
 def test_call_time_quota_drops_the_result() -> None:
-    o = Owner(call_seconds=0.001)
-    a = o.call("torch.rand", 300, 300, dtype=torch.float64)
+    o = Owner()
+    # a 1000x1000 float64 matmul is 2 GFLOP: tens of milliseconds even on a fast core, never under 1 ms
+    a = o.call("torch.rand", 1000, 1000, dtype=torch.float64)
+    o.ex.quotas = Quotas(call_seconds=0.001)  # made under the default limit; the matmuls run under this one
     slow = o.call("torch.matmul", o.call("torch.matmul", a, a), a)
     err = refused(o, slow, "QuotaExceeded", "limit for one call")
     assert "torch.matmul ran" in err.remote_message
-    assert o.store.scientist_bytes < 2 * 300 * 300 * 8  # the refused results are not kept
+    assert o.store.scientist_bytes < 2 * 1000 * 1000 * 8  # the refused results are not kept
 
 
 # ---- Python values ------------------------------------------------------------------------------------------
