@@ -224,6 +224,8 @@ def _int(x: Any, lo: int, hi: int, what: str) -> int:
 
 
 class _Decoder:
+    __slots__ = ("buffers", "make_pointer", "max_tensor_bytes", "max_depth", "items_left", "used")
+
     def __init__(
         self,
         buffers: Sequence[memoryview | bytes],
@@ -239,32 +241,27 @@ class _Decoder:
         self.max_depth = max_depth
         self.items_left = max_items
         self.used = set() if used is None else used
-        self.tags: dict[str, Callable[[list[Any], int], Any]] = {
-            "list": lambda n, d: [self.dec(x, d + 1) for x in self.enter(n, d)[1:]],
-            "tuple": lambda n, d: tuple(self.dec(x, d + 1) for x in self.enter(n, d)[1:]),
-            "dict": self.dict_,
-            "complex": self.complex_,
-            "slice": self.slice_,
-            "ellipsis": self.ellipsis,
-            "tensor": self.tensor,
-            "dtype": self.dtype,
-            "size": self.size,
-            "device": self.device,
-            "ptr": self.ptr,
-        }
 
     def dec(self, node: Any, depth: int) -> Any:
         self.items_left -= 1
         if self.items_left < 0:
             raise ProtocolError("value has too many items")
-        if node is None or type(node) in (bool, int, float, str, bytes):
+        if node is None or type(node) in _PLAIN:
             return node
         if type(node) is not list or not node or type(node[0]) is not str:
             raise ProtocolError(f"not a valid value node: {_short(node)}")
-        handler = self.tags.get(node[0])
+        handler = _HANDLERS.get(node[0])
         if handler is None:
             raise ProtocolError(f"unknown tag {_short(node[0])}")
-        return handler(node, depth)
+        return handler(self, node, depth)
+
+    def list_(self, node: list[Any], depth: int) -> list[Any]:
+        self.enter(node, depth)
+        return [self.dec(x, depth + 1) for x in node[1:]]
+
+    def tuple_(self, node: list[Any], depth: int) -> tuple[Any, ...]:
+        self.enter(node, depth)
+        return tuple([self.dec(x, depth + 1) for x in node[1:]])
 
     def enter(self, node: list[Any], depth: int) -> list[Any]:
         if depth >= self.max_depth:
@@ -376,6 +373,23 @@ class _Decoder:
         return out.requires_grad_(grad)
 
 
+_PLAIN = frozenset({bool, int, float, str, bytes})
+# the tags a tree may use, each to the method decoding it (one table for every decoder)
+_HANDLERS: dict[str, Callable[[_Decoder, list[Any], int], Any]] = {
+    "list": _Decoder.list_,
+    "tuple": _Decoder.tuple_,
+    "dict": _Decoder.dict_,
+    "complex": _Decoder.complex_,
+    "slice": _Decoder.slice_,
+    "ellipsis": _Decoder.ellipsis,
+    "tensor": _Decoder.tensor,
+    "dtype": _Decoder.dtype,
+    "size": _Decoder.size,
+    "device": _Decoder.device,
+    "ptr": _Decoder.ptr,
+}
+
+
 # -------------------------------------------------------------------------------------------- describe
 
 _SCALAR_BYTES = {type(None): 0, bool: 1, int: 8, float: 8, complex: 16}
@@ -388,12 +402,15 @@ def describe(obj: Any, _depth: int = 0) -> dict[str, Any]:
     an ``nn.Module`` its parameters and buffers.
     """
     kind = type(obj).__name__
-    if isinstance(obj, torch.Tensor | torch.nn.Module):
-        tensors = [obj] if isinstance(obj, torch.Tensor) else [*obj.parameters(), *obj.buffers()]
+    if isinstance(obj, torch.Tensor):  # the common case, without the lists a module needs
+        numel = obj.numel()
+        name = _DTYPE_TO_NAME.get(obj.dtype) or str(obj.dtype)
+        return _meta(kind, list(obj.shape), name, numel * obj.element_size(), numel)
+    if isinstance(obj, torch.nn.Module):
+        tensors = [*obj.parameters(), *obj.buffers()]
         dtypes = {_DTYPE_TO_NAME.get(t.dtype, str(t.dtype)) for t in tensors}
         numel, size = sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors)
-        shape = list(obj.shape) if isinstance(obj, torch.Tensor) else None
-        return _meta(kind, shape, dtypes.pop() if len(dtypes) == 1 else None, size, numel)
+        return _meta(kind, None, dtypes.pop() if len(dtypes) == 1 else None, size, numel)
     if isinstance(obj, torch.Size):
         return _meta(kind, [len(obj)], None, 8 * len(obj), len(obj))
     if isinstance(obj, list | tuple | dict) and _depth < ENCODE_MAX_DEPTH:

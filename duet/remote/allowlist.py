@@ -511,6 +511,22 @@ def _review(
         raise RuntimeError("allowlist review failed:\n  " + "\n  ".join(problems))
 
 
+_MEMO_LIMIT = 4096
+
+
+class _Memo:
+    """What an Allowlist found once and can reuse (its tables never change): resolved paths, the kind of
+    each type, allowed (kind, method) pairs, whether a (kind, method) mutates."""
+
+    __slots__ = ("functions", "kinds", "methods", "mutates")
+
+    def __init__(self) -> None:
+        self.functions: dict[str, Callable[..., Any]] = {}
+        self.kinds: dict[type, str | None] = {}
+        self.methods: set[tuple[str, str]] = set()
+        self.mutates: dict[tuple[str | None, str], bool] = {}
+
+
 def _frozen(table: Mapping[str, Iterable[str]]) -> Mapping[str, frozenset[str]]:
     return MappingProxyType({key: frozenset(values) for key, values in table.items()})
 
@@ -523,7 +539,16 @@ def _merged(base: Mapping[str, frozenset[str]], extra: Mapping[str, Iterable[str
 class Allowlist:
     """An immutable view over the allowlist tables; every remote call and attribute access is checked here."""
 
-    __slots__ = ("_families", "_functions", "_contexts", "_methods", "_operators", "_properties", "_types")
+    __slots__ = (
+        "_families",
+        "_functions",
+        "_contexts",
+        "_methods",
+        "_operators",
+        "_properties",
+        "_types",
+        "_memo",
+    )
     _families: Mapping[str, frozenset[str]]
     _functions: frozenset[str]
     _contexts: frozenset[str]
@@ -531,6 +556,7 @@ class Allowlist:
     _operators: Mapping[str, frozenset[str]]
     _properties: Mapping[str, frozenset[str]]
     _types: Mapping[str, type]
+    _memo: _Memo
 
     def __init__(
         self,
@@ -555,6 +581,7 @@ class Allowlist:
             "_operators": _frozen(operators),
             "_properties": _frozen(properties),
             "_types": MappingProxyType(dict(python_types)),
+            "_memo": _Memo(),
         }
         for slot, value in values.items():
             object.__setattr__(self, slot, value)
@@ -599,6 +626,8 @@ class Allowlist:
 
     def resolve_function(self, path: str) -> Callable[..., Any]:
         """The torch function or class ``path`` names, once the tables allow it (contexts included)."""
+        if type(path) is str and (fn := self._memo.functions.get(path)) is not None:
+            return fn  # found and checked before: the tables do not change
         parts = self._check_path(path).split(".")
         obj: Any = torch
         try:
@@ -608,6 +637,7 @@ class Allowlist:
             raise _refuse(path, "is not available in this torch version") from None
         if not _is_torch_object(obj):
             raise _refuse(path, "is not available in this torch version (not a torch callable)")
+        self._memo.functions[path] = obj  # bounded: only paths on the tables get here
         return obj
 
     def is_context(self, path: str) -> bool:
@@ -626,6 +656,16 @@ class Allowlist:
 
     def kind_of(self, obj: object) -> str | None:
         """The kind (``Tensor``, ``Module``, ``Float`` …) the tables know ``obj`` as, or None."""
+        kinds = self._memo.kinds
+        typ = type(obj)
+        if typ in kinds:  # the kind depends on the type alone (no class here overrides isinstance)
+            return kinds[typ]
+        kind = self._kind_of(obj)
+        if len(kinds) < _MEMO_LIMIT:
+            kinds[typ] = kind
+        return kind
+
+    def _kind_of(self, obj: object) -> str | None:
         for kind, cls in _OBJECT_KINDS:
             if isinstance(obj, cls):
                 return kind
@@ -647,6 +687,13 @@ class Allowlist:
 
     def check_method(self, obj: object, name: str) -> None:
         """Raise PermissionDenied unless ``obj``'s kind allows the method (or operator dunder) ``name``."""
+        self._method_kind(obj, name)
+
+    def _method_kind(self, obj: object, name: str) -> str:
+        """check_method, returning the kind of ``obj``."""
+        kind = self.kind_of(obj)
+        if kind is not None and type(name) is str and (kind, name) in self._memo.methods:
+            return kind  # allowed before (only allowed pairs are kept, so the memo is bounded by the tables)
         kind, name = self._kind(obj, name, "method")
         if _DUNDER.fullmatch(name):
             allowed = name in OPERATORS and name in self._operators.get(kind, ())
@@ -654,6 +701,8 @@ class Allowlist:
             allowed = bool(_PUBLIC.fullmatch(name)) and name in self._methods.get(kind, ())
         if not allowed:
             raise _refuse(f"{kind}.{_show(name)}")
+        self._memo.methods.add((kind, name))
+        return kind
 
     def check_property(self, obj: object, name: str) -> None:
         """Raise PermissionDenied unless ``obj``'s kind allows reading the attribute ``name``.
@@ -694,13 +743,30 @@ class Allowlist:
         self, obj: object, name: str, args: Sequence[object], kwargs: Mapping[str, object]
     ) -> Any:
         """Check and run one method call; generators and dict views come back as lists."""
-        method = self.resolve_method(obj, name)
+        kind = self._method_kind(obj, name)
+        # an allowed name in OPERATORS is an operator dunder; every other allowed name is a public method
+        operator_fn = OPERATORS.get(name)
+        method = getattr(obj, name) if operator_fn is None else None
         self.check_arguments(name, args, kwargs)
-        result = method(*args, **kwargs)
-        return list(result) if name in LIST_RESULTS.get(self.kind_of(obj) or "", ()) else result
+        if operator_fn is None:
+            result = method(*args, **kwargs)  # type: ignore[misc]
+        else:
+            if name in ARITHMETIC:
+                _check_operand(kind, obj, name, args)
+            result = operator_fn(obj, *args, **kwargs)
+        return list(result) if name in LIST_RESULTS.get(kind, ()) else result
 
     def mutates(self, obj: object, name: str) -> bool:
         """Whether the method ``name`` changes ``obj`` itself (in place, ``__setitem__``, ``append`` …)."""
+        key = (self.kind_of(obj), name)
+        known = self._memo.mutates.get(key)
+        if known is None:
+            known = self._mutates(obj, name)
+            if len(self._memo.mutates) < _MEMO_LIMIT:
+                self._memo.mutates[key] = known
+        return known
+
+    def _mutates(self, obj: object, name: str) -> bool:
         if _DUNDER.fullmatch(name):
             return name == "__setitem__" or (name.startswith("__i") and name in ARITHMETIC)
         return name.endswith("_") or name in MUTATORS.get(self.kind_of(obj) or "", ())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +44,7 @@ class Quotas:
     error_detail: bool = True  # False: the scientist sees the remote exception's type only
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One object in the store, with what the scientist may know of it."""
 
@@ -54,9 +55,13 @@ class Entry:
     description: str = ""
     published: bool = False
     error: RemoteError | None = None
-    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
     meta: dict[str, Any] = field(default_factory=dict)
     sources: frozenset[str] = frozenset()  # the published objects the value was computed from
+    created: float = field(default_factory=time.time)  # when it was stored (seconds since the epoch)
+
+    @property
+    def created_at(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.created, dt.timezone.utc)
 
     @property
     def nbytes(self) -> int:
@@ -128,8 +133,17 @@ def _storages_of_all(tensors: Iterable[torch.Tensor]) -> set[int]:
     return keys
 
 
+def _union(sets: list[frozenset[str]]) -> frozenset[str]:
+    """The union of the inputs' sources; shared as it is when only one input has any (they never change
+    in place: an entry's sources grow by replacement)."""
+    nonempty = [s for s in sets if s]
+    if len(nonempty) == 1:
+        return nonempty[0]
+    return frozenset().union(*nonempty)
+
+
 def _meta(obj: Any) -> dict[str, Any]:
-    meta = dict(describe(obj))
+    meta = describe(obj)  # a fresh dict
     if isinstance(obj, torch.Tensor):
         meta["requires_grad"] = bool(obj.requires_grad)
     elif isinstance(obj, torch.nn.Module):
@@ -296,7 +310,7 @@ class Store:
             touched |= self._by_storage.get(key, set())
         for oid in touched:
             other = self._entries.get(oid)
-            if other is not None and other is not result:
+            if other is not None and other is not result and not result.sources <= other.sources:
                 other.sources |= result.sources
 
     def _index(self, entry: Entry) -> None:
@@ -324,7 +338,7 @@ class Store:
         if not isinstance(oid, str) or not oid.startswith("s") or len(oid) > 40:
             raise ProtocolError("result ids are strings the scientist allocates, starting with 's'")
         inputs = self._take_reads()
-        sources: frozenset[str] = frozenset().union(*(e.sources for e in inputs))
+        sources = _union([e.sources for e in inputs])
         meta: dict[str, Any] = _meta(obj) if error is None else {"type": None}
         size = int(meta.get("size_bytes", 0))
         q = self.quotas
@@ -338,7 +352,8 @@ class Store:
                     f"the session's store quota of {q.store_bytes} bytes is spent "
                     f"({self._scientist_bytes} held, {size} more asked)"
                 )
-            entry = Entry(oid, obj, tags=tuple(sorted(set(tags))), error=error, meta=meta, sources=sources)
+            tag_tuple = tuple(sorted(set(tags))) if tags else ()
+            entry = Entry(oid, obj, tags=tag_tuple, error=error, meta=meta, sources=sources)
             self._entries[oid] = entry
             self._index(entry)
             self._scientist_bytes += entry.nbytes
