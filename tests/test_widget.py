@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import logging
 import threading
 
 import ipywidgets as widgets
@@ -147,6 +149,55 @@ def test_updates_from_another_thread(queue: RequestQueue) -> None:
     threading.Thread(target=loop_thread).start()
     assert done.wait(timeout=10)
     assert "from-loop" in texts(panel)
+
+
+def test_clicking_while_another_thread_submits(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    """One thread submits 300 requests while this one keeps clicking Accept on the rows it sees."""
+    decided: collections.Counter[str] = collections.Counter()
+    queue = RequestQueue(on_decided=lambda r: decided.update([r.id]), clock=clock)
+    panel = queue.widget()
+    submitted: list[Request] = []
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def submitter() -> None:
+        try:
+            for i in range(300):
+                submitted.append(queue.submit(req(f"r{i}")))
+                started.set()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            started.set()
+
+    caplog.set_level(logging.ERROR)
+    thread = threading.Thread(target=submitter)
+    thread.start()
+    assert started.wait(10)
+    clicks = clicked_while_submitting = 0
+    while thread.is_alive():
+        for button in buttons(panel, "Accept")[:3]:
+            button.click()
+            clicks += 1
+            clicked_while_submitting += thread.is_alive()
+    thread.join(30)
+    assert errors == [] and len(submitted) == 300
+    assert clicked_while_submitting > 0  # the clicks really raced the submissions
+    pending = list(queue)
+    # the rows are the oldest pending requests, each showing its own request
+    assert list(panel.rows) == [r.id for r in pending[: panel.max_rows]]
+    for rid, row in panel.rows.items():
+        assert row.req.id == rid and f"<b>{row.req.name}</b>" in row.label.value
+    assert f"{len(pending)} pending" in panel.header.value
+    while buttons(panel, "Accept"):
+        buttons(panel, "Accept")[0].click()
+        clicks += 1
+    assert len(queue) == 0 and panel.rows == {} and "No pending requests" in texts(panel)
+    assert all(r.status == "accepted" and r.decided_by == "owner" for r in submitted)
+    assert sorted(decided) == sorted(r.id for r in submitted) and set(decided.values()) == {1}
+    assert len(queue.history) == 300 and "300 accepted" in panel.header.value
+    assert clicks >= 300
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_closing_the_queue_shows_in_the_panel(queue: RequestQueue) -> None:
