@@ -187,6 +187,7 @@ async def _wait_open(pc: RTCPeerConnection, opened: asyncio.Future[Any], timeout
         if not failed.done():
             failed.cancel()
     if opened in done:
+        ice.widen_buffers(pc)  # bulk transfers must not overflow aioice's 256 KB (see duet.ice)
         return opened.result()
     if failed in done:
         raise ConnectionError(
