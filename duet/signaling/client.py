@@ -45,7 +45,9 @@ _MESSAGES: dict[tuple[str, int | str], str] = {
     ("*", 413): "the signaling server at {url} refused the request as too large",
     ("*", 429): "too many pending sessions from this address on the signaling server at {url}: "
     "close unused sessions or wait for them to expire",
-    ("*", 503): "the signaling server at {url} is full or shutting down: try again in a minute, "
+    ("*", "full"): "the signaling server at {url} is full (too many pending sessions in total): "
+    "try again in a minute, or run your own with `duet-signaling`",
+    ("*", 503): "the signaling server at {url} is shutting down or unavailable: try again in a minute, "
     "or run your own with `duet-signaling`",
 }
 

@@ -11,7 +11,8 @@ Protocol (JSON; every error body is ``{"error": <what to do>, "reason": <code>}`
     GET    /healthz                                     200  {"status": "ok", "pending": n}
 
     400 malformed request    404 unknown ID or route    405 wrong method    409 used, exists or not claimed
-    410 expired or cancelled    413 body too large    429 too many pending per address    503 full or stopping
+    410 expired or cancelled    413 body too large    429 too many pending (reason "too_many": from this
+    address, "full": in total)    503 stopping (the server is shutting down)
 
 The server sees only lookup keys (a hash of the session ID) and sealed tokens it cannot open. A pairing
 ends when its answer is delivered, when it expires or when the owner cancels it; a bounded tombstone
@@ -41,7 +42,7 @@ from aiohttp import web
 
 from .codes import MAX_TOKEN_CHARS
 
-__all__ = ["ServerConfig", "Registry", "CONFIG", "REGISTRY", "app", "start_server", "main"]
+__all__ = ["ServerConfig", "Registry", "CONFIG", "REGISTRY", "app", "start_server", "parser", "main"]
 
 log = logging.getLogger("duet.signaling")
 
@@ -123,7 +124,7 @@ class Registry:
         if self.per_client[client] >= self.config.max_per_client:
             raise Refusal(429, "too_many", "too many pending sessions from this address: let some expire")
         if len(self.pending) >= self.config.max_pending:
-            raise Refusal(503, "full", "server full: too many pending sessions, try again later")
+            raise Refusal(429, "full", "server full: too many pending sessions, try again later")
         self.pending[key] = Pairing(key, offer, client, self.clock() + self.config.ttl)
         self.per_client[client] += 1
         log.info("pairing %s created (from %s)", key[:8], client)
@@ -360,7 +361,7 @@ async def _on_shutdown(application: web.Application) -> None:
 
 def app(
     *,
-    ttl: float = 600,
+    ttl: float = ServerConfig.ttl,
     max_pending: int = 10_000,
     max_per_client: int = 32,
     max_body: int = 64 * 1024,
@@ -412,24 +413,28 @@ async def _serve(host: str, port: int, cfg: dict[str, Any]) -> None:
         await runner.cleanup()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point (``duet-signaling``, ``python signaling_server.py``)."""
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``duet-signaling`` (and ``python signaling_server.py``)."""
     env = os.environ.get
     description = "The duet signaling server (defaults from env DUET_SIGNALING_HOST, DUET_SIGNALING_PORT)."
-    parser = argparse.ArgumentParser(prog="duet-signaling", description=description)
-    parser.add_argument(
-        "--host", default=env("DUET_SIGNALING_HOST", "127.0.0.1"), help="address to listen on"
-    )
-    parser.add_argument("--port", type=int, default=env("DUET_SIGNALING_PORT", "8765"), help="0: any free")
-    parser.add_argument("--ttl", type=float, default=600.0, help="seconds an unused session ID lives")
-    parser.add_argument("--max-pending", type=int, default=10_000, help="pending sessions in total")
-    parser.add_argument("--max-per-client", type=int, default=32, help="pending sessions per client address")
-    args = parser.parse_args(argv)
+    cli = argparse.ArgumentParser(prog="duet-signaling", description=description)
+    cli.add_argument("--host", default=env("DUET_SIGNALING_HOST", "127.0.0.1"), help="address to listen on")
+    cli.add_argument("--port", type=int, default=env("DUET_SIGNALING_PORT", "8765"), help="0: any free")
+    cli.add_argument("--ttl", type=float, default=ServerConfig.ttl, help="seconds an unused session ID lives")
+    cli.add_argument("--max-pending", type=int, default=ServerConfig.max_pending, help="pending in total")
+    cli.add_argument("--max-per-client", type=int, default=ServerConfig.max_per_client, help="per address")
+    return cli
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point (``duet-signaling``, ``python signaling_server.py``)."""
+    cli = parser()
+    args = cli.parse_args(argv)
     cfg = {"ttl": args.ttl, "max_pending": args.max_pending, "max_per_client": args.max_per_client}
     try:
         ServerConfig(**cfg)
     except ValueError as exc:
-        parser.error(str(exc))
+        cli.error(str(exc))
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         asyncio.run(_serve(args.host, args.port, cfg))
