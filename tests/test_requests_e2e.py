@@ -8,10 +8,12 @@ record need owners of their own.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import gc
 import hashlib
 import json
 import math
+import os
 import sqlite3
 import statistics
 import time
@@ -83,13 +85,29 @@ def join(owner: Peer, signaling_url: str, name: str = "alice") -> duet.Duet:
     return d
 
 
+@contextlib.contextmanager
+def own_identity(directory: Path) -> Iterator[None]:
+    """A scientist made meanwhile has an identity of its own (the owner process shares the tests' config
+    dir, so otherwise both would carry the same key and fingerprint)."""
+    old = os.environ.get("DUET_CONFIG_DIR")
+    os.environ["DUET_CONFIG_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("DUET_CONFIG_DIR", None)
+        else:
+            os.environ["DUET_CONFIG_DIR"] = old
+
+
 @pytest.fixture(scope="module")
-def pair(signaling_url: str) -> Iterator[tuple[Peer, duet.Duet]]:
+def pair(signaling_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Peer, duet.Duet]]:
     """One owner process with the published objects above, and this process joined as the scientist."""
     owner = start_owner(signaling_url)
     try:
         owner.run(PUBLISH)
-        d = join(owner, signaling_url)
+        with own_identity(tmp_path_factory.mktemp("alice")):
+            d = join(owner, signaling_url)
         try:
             yield owner, d
         finally:
@@ -253,9 +271,20 @@ def test_owner_accepts_and_denies_by_hand(session: tuple[Peer, duet.Duet]) -> No
         (row,) = ask(owner, "d.requests.pandas.to_dict('records')")
         assert (row["name"], row["reason"], row["status"]) == ("total", "sum of ages", "pending")
         assert row["object_id"] == total._duet_id and row["object_type"] == "Tensor"
-        assert "alice" in row["requester"] and row["created_at"]
-        owner.run("d.requests[0].accept()")
+        assert row["created_at"]
+        # the requester is the scientist, by name and by the fingerprint of its key
+        assert d.fingerprint != ask(owner, "d.fingerprint")  # (two keys, so the check below can fail)
+        assert ask(owner, "d.peer.fingerprint") == d.fingerprint
+        assert row["requester"] == f"alice ({d.fingerprint})"
+        # the decision travels back at once: no polling loop between accept() and the value
+        arrived: concurrent.futures.Future[float] = concurrent.futures.Future()
+        fut.add_done_callback(lambda _f: arrived.set_result(time.monotonic()))
+        start = time.monotonic()
+        owner.run("d.requests[0].accept()")  # the timed span includes the owner's exec and the pipe
         assert fut.result(10) == pytest.approx(66.0)
+        took = arrived.result(10) - start
+        print(f"value arrived {took * 1000:.0f} ms after the owner was told to accept")
+        assert took < 0.5, f"the value arrived {took:.3f} s after accept()"
 
         fut = pool.submit(total.get, request_block=True, name="total2", strict=True)
         owner_waits(owner, "len(d.requests) == 1")
@@ -445,20 +474,26 @@ def test_history_is_in_sqlite_and_survives_a_killed_owner(signaling_url: str, tm
 # ---- 7. join approval -----------------------------------------------------------------------------------------
 
 
-def test_join_approval(signaling_url: str) -> None:
+def test_join_approval(signaling_url: str, tmp_path: Path) -> None:
     from test_hostile_e2e import attach_without_hello, call
 
     owner = start_owner(signaling_url, "--approve-join")  # one process, a new session for each case
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             # accepted by the owner, by hand: join_duet blocks until then
-            joining = pool.submit(duet.join_duet, owner.session_id, signaling_url=signaling_url, name="carol")
-            owner_waits(owner, "len(d.requests) == 1")
+            with own_identity(tmp_path / "carol"):  # a key of carol's own, unlike the owner's
+                joining = pool.submit(
+                    duet.join_duet, owner.session_id, signaling_url=signaling_url, name="carol"
+                )
+                owner_waits(owner, "len(d.requests) == 1")
             assert ask(owner, "(d.requests[0].kind, d.requests[0].name)") == ["join", "join"]
-            assert "carol" in ask(owner, "d.requests[0].requester")
+            requester = ask(owner, "d.requests[0].requester")
+            seen = ask(owner, "d.peer.fingerprint")  # the fingerprint of the key the owner verified
+            assert requester == f"carol ({seen})" and seen != ask(owner, "d.fingerprint")
             assert not joining.done()
             owner.run("d.requests[0].accept()")
             carol = joining.result(15)
+            assert carol.fingerprint == seen  # the join request named the scientist that joined
             assert carol.status == "connected" and len(carol.store) == 0
             carol.close()
             assert ask(owner, "d.requests.history[-1].decided_by") == "owner"
