@@ -66,20 +66,25 @@ def say(*parts: object) -> None:
 
 
 def owner() -> int:
-    train_x, train_y, test_x, test_y = digits()
+    t = time.perf_counter()
     d = duet.launch_duet(loopback=True, name="digits-hospital", quiet=True)
+    launch = time.perf_counter() - t
+    t = time.perf_counter()
+    train_x, train_y, test_x, test_y = digits()
     d.store.publish(train_x, name="train_images", tags=["#digits", "#train"], description="digit scans, 8x8")
     d.store.publish(
         train_y, name="train_labels", tags=["#digits", "#train"], description="what each scan shows"
     )
     d.store.publish(test_x, name="test_images", tags=["#digits", "#test"], description="held-out scans")
     d.store.publish(test_y, name="test_labels", tags=["#digits", "#test"], description="held-out labels")
-    d.requests.add_handler(name="loss", action="accept")
-    d.requests.add_handler(name="correct", action="accept")
+    # what the scientist may take: one number per epoch (the summed batch losses), one count (the test
+    # images classified correctly) and the trained weights; the quotas hold the first two to that size
+    d.requests.add_handler(name="loss", action="accept", element_quota=EPOCHS)
+    d.requests.add_handler(name="correct", action="accept", element_quota=1)
     d.requests.add_handler(name="model", action="accept")
-    d.requests.add_handler(name="probe", action="accept", element_quota=5_000_000)
     d.requests.add_handler(tags=["#digits"], action="deny")  # nothing else about the data leaves
-    say("OWNER-READY", d.session_id)
+    publish = time.perf_counter() - t
+    say("OWNER-READY", d.session_id, f"launch={launch:.3f}", f"publish={publish:.3f}")
     d.wait_for_peer(timeout=120)
     say(f"owner: {d.peer.name if d.peer else '?'} joined")
     d.wait_closed()
@@ -97,11 +102,20 @@ def owner() -> int:
 # ---- the scientist's side -----------------------------------------------------------------------------
 
 
-def scientist(owner_proc: subprocess.Popen[str]) -> int:
+def settled(ptr: Any) -> None:
+    """Block until the owner has run every call sent so far: a metadata request (``requires_grad`` is asked
+    afresh each time) travels behind them, and the owner answers it only after it ran them."""
+    ptr.requires_grad  # noqa: B018 - the round trip is the point
+
+
+def scientist(owner_proc: subprocess.Popen[str], started: float) -> int:
     phases: dict[str, float] = {}
     assert owner_proc.stdout is not None
     for line in owner_proc.stdout:
         if line.startswith("OWNER-READY"):
+            for field in line.split()[2:]:  # the owner's own phases, timed in its process
+                key, _, value = field.partition("=")
+                phases[f"{key} (owner)"] = float(value)
             break
         sys.stdout.write(line)
     else:
@@ -137,6 +151,7 @@ def scientist(owner_proc: subprocess.Popen[str]) -> int:
     rt = d.torch
     optimizer = rt.optim.Adam(model.parameters(), lr=0.01)
     scheduler = rt.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    settled(scheduler)  # the send is pipelined: wait until the owner has built the model and optimizer
     phases["send model"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -182,6 +197,7 @@ def scientist(owner_proc: subprocess.Popen[str]) -> int:
     say(f"scientist: the model taken home scores {local_acc:.1%} on the scientist's copy of the test split")
     d.close()
 
+    phases["total"] = time.perf_counter() - started
     say("\nphase timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
     ok = remote_acc >= 0.9 and abs(local_acc - remote_acc) < 1e-6 and leaked is None
     return 0 if ok else 1
@@ -193,11 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.role == "owner":
         return owner()
+    started = time.perf_counter()
     owner_proc = subprocess.Popen(
         [sys.executable, "-u", "-m", "duet.demo", "--role", "owner"], stdout=subprocess.PIPE, text=True
     )
     try:
-        code = scientist(owner_proc)
+        code = scientist(owner_proc, started)
         assert owner_proc.stdout is not None
         for line in owner_proc.stdout:
             sys.stdout.write(line)
