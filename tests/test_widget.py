@@ -214,3 +214,65 @@ def test_refresh_button_and_age_format(queue: RequestQueue, clock: FakeClock) ->
     buttons(panel, "Refresh")[0].click()
     assert "2m 05s ago" in texts(panel)
     assert [format_age(s) for s in (-1, 42, 185, 7620)] == ["0s", "42s", "3m 05s", "2h 07m"]
+
+
+# ---- the panel's API for code: wait_for, accept, deny --------------------------------------------------
+
+
+def test_panel_accept_by_name_does_what_the_button_does(queue: RequestQueue) -> None:
+    panel = queue.widget()
+    r = queue.submit(req("mean"))
+    other = queue.submit(req("sum"))
+    assert panel.accept("mean") is True
+    assert r.status == "accepted" and r.decided_by == "owner" and other.status == "pending"
+    assert r.id not in panel.rows and len(buttons(panel, "Accept")) == 1
+    assert "mean accepted" in panel.message.value and "1 accepted" in texts(panel)
+    assert panel.accept(r) is False  # decided already: reported on the message line, as a stale click is
+    assert "already accepted" in panel.message.value
+    with pytest.raises(KeyError):
+        panel.accept("mean")  # no pending request of that name any more
+
+
+def test_panel_deny_by_request_or_id_with_a_reason(queue: RequestQueue) -> None:
+    panel = queue.widget()
+    typed, given = queue.submit(req("a")), queue.submit(req("b"))
+    panel.rows[typed.id].reason.value = "typed in the box"
+    assert panel.deny(typed.id) is True  # no reason given: the one typed in the row, as the button
+    assert typed.status == "denied" and typed.deny_reason == "typed in the box"
+    assert panel.deny(given, reason="too revealing") is True
+    assert given.status == "denied" and given.deny_reason == "too revealing"
+    assert "No pending requests" in texts(panel) and "2 denied" in texts(panel)
+
+
+def test_panel_accept_picks_the_oldest_of_a_name(queue: RequestQueue, clock: FakeClock) -> None:
+    panel = queue.widget()
+    first = queue.submit(req("loss", object_id="id-epoch-1"))
+    clock.t += 1
+    second = queue.submit(req("loss", object_id="id-epoch-2"))
+    panel.accept("loss")
+    assert first.status == "accepted" and second.status == "pending"
+
+
+def test_panel_wait_for_returns_a_request_submitted_from_another_thread(queue: RequestQueue) -> None:
+    import time
+
+    panel = queue.widget()
+
+    def later() -> None:
+        time.sleep(0.3)
+        queue.submit(req("noise"))
+        queue.submit(req("mean_stay"))
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    t = time.monotonic()
+    got = panel.wait_for("mean_stay", timeout=10)
+    thread.join()
+    assert got.name == "mean_stay" and got.status == "pending" and 0.2 < time.monotonic() - t < 5
+    assert panel.wait_for(got.id, timeout=0) is got  # by id, already there: at once
+    panel.accept(got)
+    assert got.status == "accepted"
+    t = time.monotonic()
+    with pytest.raises(TimeoutError):
+        panel.wait_for("never", timeout=0.3)
+    assert time.monotonic() - t < 3

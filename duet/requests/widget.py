@@ -4,12 +4,18 @@ The panel registers a listener on the queue; the listener may run on the session
 updates from another thread reach the kernel's comm). Rows are kept per request id, so a deny reason being
 typed survives other requests arriving. Everything the scientist chose (name, reason) is HTML-escaped.
 ``close()`` unregisters the panel and closes its child widgets.
+
+Besides the buttons, the panel has a small API for code (a notebook that runs unattended, a test):
+``panel.wait_for(name_or_id, timeout)`` returns a pending request once it is in the panel, and
+``panel.accept(request_or_name)`` / ``panel.deny(request_or_name, reason=None)`` decide it exactly as its
+Accept / Deny button does (the panel's message line reports it).
 """
 
 from __future__ import annotations
 
 import html
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -89,6 +95,7 @@ class RequestPanel(widgets.VBox):
         self._queue = queue
         self.max_rows = max_rows
         self._panel_lock = threading.RLock()
+        self._changed = threading.Condition(self._panel_lock)  # notified after every refresh
         self._rows: dict[str, _Row] = {}
         self._spare: list[_Row] = []  # rows whose request left, to show the next ones
         self._closed_panel = False
@@ -108,10 +115,62 @@ class RequestPanel(widgets.VBox):
         with self._panel_lock:
             return dict(self._rows)
 
+    # ---- the API for code: find a pending request, decide it as its buttons do ----------------------
+
+    def _find(self, key: Request | str) -> Request | None:
+        """The pending request ``key`` (a Request, a request id, or a name: the oldest of that name)."""
+        pending = list(self._queue)
+        if isinstance(key, Request):
+            return key if any(r is key for r in pending) else None
+        for r in pending:
+            if r.id == key:
+                return r
+        return next((r for r in pending if r.name == key), None)
+
+    def wait_for(self, key: str, timeout: float | None = None) -> Request:
+        """The pending request with this id or name (the oldest of that name), waiting up to ``timeout``
+        seconds (``None``: for ever) for it to arrive; raises ``TimeoutError`` if it does not."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while (found := self._find(key)) is None:
+                if self._closed_panel:
+                    raise RuntimeError("the panel is closed")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"no pending request {key!r} within {timeout} s")
+                # events notify; the timed wait also covers a request that came before a notification
+                self._changed.wait(0.5 if left is None else min(left, 0.5))
+            return found
+
+    def accept(self, key: Request | str) -> bool:
+        """Accept the pending request ``key`` (a Request, its id, or its name) as its Accept button does.
+        Returns whether this call decided it (``False``: already decided, as the message line says)."""
+        return self._decide(self._pending(key), accept=True, reason="")
+
+    def deny(self, key: Request | str, reason: str | None = None) -> bool:
+        """Deny the pending request ``key`` as its Deny button does, with ``reason`` (default: what is typed
+        in its row's reason box). Returns whether this call decided it."""
+        req = self._pending(key)
+        if reason is None:
+            with self._panel_lock:
+                row = self._rows.get(req.id)
+                reason = row.reason.value if row is not None and row.req is req else ""
+        return self._decide(req, accept=False, reason=reason)
+
+    def _pending(self, key: Request | str) -> Request:
+        req = self._find(key)
+        if req is not None:
+            return req
+        if isinstance(key, Request):
+            return key  # decided already: _decide reports it as the button would
+        raise KeyError(f"no pending request with id or name {key!r}")
+
+    # ---- events and buttons --------------------------------------------------------------------------
+
     def _on_event(self, event: str, req: Request) -> None:
         self.refresh()
 
-    def _decide(self, req: Request, *, accept: bool, reason: str) -> None:
+    def _decide(self, req: Request, *, accept: bool, reason: str) -> bool:
         try:
             if accept:
                 self._queue.accept(req)
@@ -119,10 +178,13 @@ class RequestPanel(widgets.VBox):
                 self._queue.deny(req, reason)
         except AlreadyDecided as exc:
             self.message.value = f"<small>{html.escape(str(exc))}</small>"
+            decided = False
         else:
             verb = "accepted" if accept else "denied"
             self.message.value = f"<small>{html.escape(req.name or req.id)} {verb}</small>"
+            decided = True
         self.refresh()
+        return decided
 
     def refresh(self) -> None:
         """Rebuild the panel from the queue (called on every queue event; safe from any thread)."""
@@ -154,6 +216,7 @@ class RequestPanel(widgets.VBox):
             self.children = [self._top, *body, *([self._more] if more else []), self.message]
             for row in gone:
                 row.close()
+            self._changed.notify_all()
 
     def close(self) -> None:
         """Stop following the queue and close this panel's widgets."""
@@ -168,4 +231,5 @@ class RequestPanel(widgets.VBox):
             self._spare.clear()
             for w in (self._top, self._empty, self._more, self.header, self.message, self.refresh_button):
                 w.close()
+            self._changed.notify_all()
         super().close()
