@@ -561,22 +561,55 @@ def test_delete_obj_frees_computed_objects_only(session: tuple[Peer, duet.Duet])
 # ---- 9. a large value ------------------------------------------------------------------------------------------
 
 
-def test_large_value_is_delivered_intact(session: tuple[Peer, duet.Duet]) -> None:
+TEE_STDERR = """
+import sys
+class Tee:
+    def __init__(self, inner):
+        self.inner, self.parts = inner, []
+    def write(self, text):
+        self.parts.append(text)
+        return self.inner.write(text)
+    def flush(self):
+        self.inner.flush()
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+real_stderr = sys.stderr
+sys.stderr = tee = Tee(real_stderr)
+"""
+
+
+def test_large_value_is_delivered_intact(
+    session: tuple[Peer, duet.Duet], capsys: pytest.CaptureFixture[str]
+) -> None:
     owner, d = session
     owner.run(
         "import hashlib\nbig = torch.randn(5 << 20, generator=torch.Generator().manual_seed(1))\n"
         'd.store.publish(big, name="big", description="20 MB")\nd.requests.add_handler(name="big", action="accept")'
     )
+    owner.run(TEE_STDERR)  # what the owner's process writes to its stderr (its bars), kept to be read back
     try:
+        from duet import progress
+
+        assert progress.THRESHOLD < 20 << 20 and ask(owner, "duet.progress.THRESHOLD") < 20 << 20
+        owner.run('d.requests.add_handler(name="small", action="accept")')
+        assert d.store["answer"].get(name="small") == 42
+        assert "receiving" not in capsys.readouterr().err  # a small value shows no bar
+        assert "sending" not in ask(owner, "''.join(tee.parts)")
         digest = ask(owner, "hashlib.sha256(big.numpy().tobytes()).hexdigest()")
         start = time.monotonic()
         value = d.store["big"].get(name="big", timeout_secs=60)
         seconds = time.monotonic() - start
         assert value.shape == (5 << 20,) and value.dtype == torch.float32
         assert hashlib.sha256(value.numpy().tobytes()).hexdigest() == digest
-        print(f"20 MB value delivered in {seconds:.2f} s")
+        # a bar on each side: the owner's as it sends, the scientist's (this process) as it receives
+        received = capsys.readouterr().err
+        assert "receiving big" in received and "/20.0M" in received, received[-500:]
+        sent = ask(owner, "''.join(tee.parts)")
+        assert "sending big" in sent and "/20.0M" in sent, sent[-500:]
+        with capsys.disabled():
+            print(f"20 MB value delivered in {seconds:.2f} s")
     finally:
-        owner.run('d.store.remove("big")\ndel big')
+        owner.run('sys.stderr = real_stderr\nd.store.remove("big")\ndel big')
 
 
 # ---- 10. the widget, headless ---------------------------------------------------------------------------------
