@@ -134,6 +134,38 @@ def history(owner: Peer, names: list[str]) -> dict[str, dict[str, Any]]:
 # ---- 1. publishing --------------------------------------------------------------------------------------
 
 
+def test_published_values_come_home_intact(session: tuple[Peer, duet.Duet]) -> None:
+    owner, d = session
+    owner.run(  # (the metadata test below removes "ward"; run alone or after it, this one still finds it)
+        'if "ward" not in [e.name for e in d.store]: d.store.publish("Station Nord-7", name="ward", tags=["#text"])'
+    )
+    owner.run('d.requests.add_handler(name="fetch", action="accept")')
+    tensors = {
+        "ages": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+        "labels": torch.tensor([1, 0, 1]),
+        "half": torch.zeros(2, 2, dtype=torch.float16),
+        "mask": torch.tensor([True, False]),
+    }
+    for name, want in tensors.items():
+        got = d.store[name].get(request_block=True, name="fetch", timeout_secs=10)
+        assert isinstance(got, torch.Tensor), name
+        assert (got.dtype, got.shape) == (want.dtype, want.shape), name
+        assert torch.equal(got, want), name
+    values = {
+        "answer": 42,
+        "ward": "Station Nord-7",
+        "list": [1, 2, 3],
+        "dict": {"a": 1, "b": 2.5},
+        "tuple": (1.0, 2.0),
+    }
+    for name, want in values.items():
+        got = d.store[name].get(request_block=True, name="fetch", timeout_secs=10)
+        assert type(got) is type(want) and got == want, (name, got)
+    assert type(d.store["dict"].get(name="fetch")["b"]) is float
+    rows = [r for r in ask(owner, "[[r.name, r.status] for r in d.requests.history]") if r[0] == "fetch"]
+    assert rows == [["fetch", "accepted"]] * 10
+
+
 def test_published_metadata_lookup_and_remove(session: tuple[Peer, duet.Duet]) -> None:
     owner, d = session
     df = d.store.pandas
