@@ -19,7 +19,7 @@ from nbpair import PairResult, run_pair, table, tagged, text
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PAIRS = ("01-basics", "02-private-statistics", "03-train-on-private-data")
-PAIR_SECONDS = 60  # each pair, kernels' start to both notebooks done
+PAIR_SECONDS = 150  # each pair, kernels' start to both notebooks done (pair 03 took ~42 s under load)
 
 Runner = Callable[[str], PairResult]
 
@@ -114,7 +114,7 @@ def test_basics_scientist_sees_metadata_then_values_it_was_given(run: Runner) ->
 
 def test_basics_owner_history_shows_who_decided(run: Runner) -> None:
     nb = run("01-basics").owner
-    assert text(nb, "click") == ""
+    assert text(nb, "click").strip() == "True"  # panel.accept(...) decided the request, as the click does
     history = by_name(table(nb, "history"))
     assert set(history) == {"", "ages", "mean_stay", "mean_age"}
     decided = {name: (rows[0]["decision"], rows[0]["decided_by"]) for name, rows in history.items()}
@@ -192,6 +192,7 @@ def test_training_reaches_accuracy_and_the_model_comes_home(run: Runner) -> None
     assert lab >= 0.85
     assert home == lab  # the weights that came home are the ones the lab measured
     assert "(local)" in text(nb, "model") and "True" in text(nb, "model")
+    assert "receiving model" in text(nb, "model")  # duet's transfer bar, on at 100 kB in this notebook
     assert_denied(nb, "peek", "peek")
 
 
@@ -205,4 +206,9 @@ def test_training_owner_released_only_what_it_agreed_to(run: Runner) -> None:
     ]
     log = text(nb, "log")
     assert re.search(r"\d+ calls, 0 failed", log)
-    assert "Conv2d.__call__" in log and "torch.nn.functional.relu" in log
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+)\s+(\d+)$", log, re.M)}
+    assert counts.get("Conv2d.__call__", 0) > 0 and counts.get("torch.nn.functional.relu", 0) > 0
+    batches = -(-1437 // 64)  # 80 % of the 1797 digits, in batches of 64
+    assert counts.get("StepLR.step") == 4, counts  # the schedule stepped on the lab's side, once an epoch
+    assert counts.get("Adam.step") == 4 * batches, counts
+    assert counts.get("torch.no_grad", 0) >= 1, counts  # the evaluation ran under the lab's no_grad
