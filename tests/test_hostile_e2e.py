@@ -139,6 +139,45 @@ def test_forged_values_and_replies(mallory: tuple[Peer, Duet, str]) -> None:
     assert ask(owner, "len(d.requests.history)") == before  # nothing was decided by a forged message
 
 
+def test_forged_decisions_leave_a_pending_request_pending(mallory: tuple[Peer, Duet, str]) -> None:
+    owner, d, ages = mallory
+    handle = d.store["ages"].sum().request(name="held", reason="waits for the owner", timeout_secs=120)
+    owner.send("wait 10 len(d.requests) == 1")
+    assert owner.expect("WAITED", 20)[1] == "True"
+    rid, oid = ask(owner, "[d.requests[0].id, d.requests[0].object_id]")
+    assert oid == handle.object_id
+    before = ask(owner, "len(d.requests.history)")
+    accepted = {"status": "accepted", "v": {"int": 1}, "id": rid, "o": oid, "name": "held"}
+    decisions: list[dict[str, Any]] = [
+        {"t": "value", **accepted},
+        {"t": "accept", "id": rid},
+        {"t": "accepted", "id": rid},
+        {"t": "decide", "id": rid, "status": "accepted", "by": "owner"},
+        {"t": "decision", "id": rid, "decision": "accepted"},
+        {"t": "grant", "o": oid, "name": "held"},
+        {"t": "welcome", "approved": True, "id": rid},
+    ]
+    for header in decisions:
+        reply = call(d, header)  # asked as requests: each one is refused
+        assert (reply["t"], reply["kind"]) == ("error", "ProtocolError"), (header, reply)
+    for header in decisions:  # and as "replies" to a request of the owner's
+        for re in (0, 1, 2, rid):
+            d.channel.send({**header, "re": re})
+    assert call(d, {"t": "store"})["t"] == "store"  # the owner has read every frame before this one
+    # still pending on both sides; nothing decided, no value reached the scientist
+    assert ask(owner, "[[r.id, r.status, r.decided_by] for r in d.requests]") == [[rid, "pending", None]]
+    assert ask(owner, "len(d.requests.history)") == before
+    assert handle.status == "pending" and handle.value is None
+    with pytest.raises(duet.RequestTimeout):
+        handle.wait(0.3)
+    mine = d.requests.pandas
+    assert dict(zip(mine["name"], mine["status"]))["held"] == "pending"
+    # the owner decides it, the normal way
+    owner.run("d.requests[0].accept()")
+    assert handle.wait(10) == 15.0 and handle.status == "accepted"
+    assert ask(owner, "[d.requests.history[-1].id, d.requests.history[-1].decided_by]") == [rid, "owner"]
+
+
 def test_objects_never_given(mallory: tuple[Peer, Duet, str]) -> None:
     owner, d, ages = mallory
     for oid in ("p" + secrets.token_hex(8), "s987654", ages[:-1], ages + "0", "", "../../etc/passwd"):
