@@ -104,9 +104,12 @@ class SyNet(sy.Module):
 
 def train(
     remote_model: Any, torch_ref: Any, duet: Any, data: Any, target: Any, epoch: int, args: dict[str, Any]
-) -> list[Any]:
+) -> list[Any] | None:
     """The tutorial's train(), with slices of the owner's tensors for a data loader."""
     seen = []
+    if remote_model.is_local:
+        print("Training requires remote remote_model")
+        return
     remote_model.train()
     for batch_idx in range(args["batches"]):
         batch = slice(batch_idx * args["batch_size"], (batch_idx + 1) * args["batch_size"])
@@ -129,16 +132,34 @@ def train(
 
 
 @pytest.mark.filterwarnings("ignore:request .loss. was denied", "ignore:dropout2d")  # the tutorial's own code
-def test_tutorial_synet_trains_on_the_owners_images(pair: tuple[Peer, duet.Duet]) -> None:
+def test_tutorial_synet_trains_on_the_owners_images(
+    pair: tuple[Peer, duet.Duet], capsys: pytest.CaptureFixture[str]
+) -> None:
     owner, duet_session = pair
     duet = duet_session  # the tutorial's name for the session
     torch.manual_seed(42)
     local_model = SyNet(torch)
     initial = copy.deepcopy(local_model.state_dict())
+    owner.run("mark = d.log.total")
     start = time.perf_counter()
     remote_model = local_model.send(duet)
     remote_torch = duet.torch
     assert not remote_model.is_local and local_model.is_local
+    # the weights went over in one transfer: one load_state_dict of the container, no copy per parameter
+    assert len(remote_model.parameters()) == 8  # a round trip: the owner has run what send queued
+    sent = ask(
+        owner, "[[r.path, r.args, r.result_type] for r in d.log.rows()[len(d.log) - d.log.total + mark :]]"
+    )
+    loads = [row for row in sent if row[0].endswith("load_state_dict")]
+    assert loads == [["Container.load_state_dict", "dict[8]", "_IncompatibleKeys"]], sent  # all 8 at once
+    built = [row[0] for row in sent if row[0].startswith("torch.nn.")]
+    assert built == ["torch.nn.Conv2d"] * 2 + ["torch.nn.Dropout2d"] + ["torch.nn.Linear"] * 2
+    rest = [row[0] for row in sent if not row[0].startswith("torch.nn.")]
+    # nothing else: no put, copy_ or assignment per parameter
+    assert rest == ["Module", "Container.load_state_dict", "Container.train", "Container.parameters"], sent
+    # the guard of the tutorial's train(): a local model is not trained
+    assert train(local_model, remote_torch, duet, None, None, 1, {}) is None
+    assert capsys.readouterr().out == "Training requires remote remote_model\n"
 
     has_cuda_ptr = remote_torch.cuda.is_available()
     has_cuda = bool(
