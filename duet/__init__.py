@@ -23,10 +23,11 @@ from .errors import (
 )
 
 if _typing.TYPE_CHECKING:
+    from .launch import join_duet, launch_duet
     from .remote.client import RemoteWarning
     from .remote.module import Module
     from .remote.store import Quotas
-    from .session import Duet, join_duet, launch_duet
+    from .session import Duet
 
 __version__ = "0.1.0"
 
@@ -50,8 +51,8 @@ __all__ = [
 
 _LAZY = {  # public name -> the module that defines it (imported on first access)
     "Duet": ".session",
-    "join_duet": ".session",
-    "launch_duet": ".session",
+    "join_duet": ".launch",
+    "launch_duet": ".launch",
     "Module": ".remote.module",
     "Quotas": ".remote.store",
     "RemoteWarning": ".remote.client",

@@ -1,68 +1,49 @@
-"""The Duet object users hold: launch_duet / join_duet, lifecycle, status, and the message dispatch table."""
+"""The Duet object users hold: lifecycle, status, display, and the message dispatch table."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import html
 import logging
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import connect, loop
-from .errors import ConnectionError, DuetError, SignalingError
+from .errors import ConnectionError, DuetError
 from .identity import Identity
 from .owner import OwnerService
 from .remote.client import periodic_release, raise_remote
-from .scientist import ScientistService
-from .signaling import codes
+from .scientist import ScientistService, StoreView
 from .signaling.client import SignalingClient
+from .startup import (
+    DEFAULT_SIGNALING_URL,
+    AnnouncingClient,
+    ensure_server,
+    signaling_timeout,
+)
 from .transport import Channel, Message
 
-__all__ = ["Duet", "launch_duet", "join_duet", "DEFAULT_SIGNALING_URL"]
+__all__ = ["Duet", "DEFAULT_SIGNALING_URL"]
 
 log = logging.getLogger("duet.session")
 
-DEFAULT_SIGNALING_URL = "http://127.0.0.1:8765"
-_embedded: dict[tuple[str, int], Any] = {}
+_GUARDED = ("echo", "error")  # owner: messages refused until the join is approved (like ops, meta …)
 
 
-def _signaling_url(url: str | None) -> str:
-    return (url or os.environ.get("DUET_SIGNALING_URL") or DEFAULT_SIGNALING_URL).rstrip("/")
+class _TrackedStore(StoreView):
+    """The scientist's view of the owner's store, remembering how many objects the last listing had."""
 
+    def __init__(self, remote: Any, on_listing: Callable[[int], None]) -> None:
+        super().__init__(remote)
+        self._on_listing = on_listing
 
-def _loopback_file() -> Path:
-    uid = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    return Path(tempfile.gettempdir()) / f"duet-{uid}" / "loopback-session"
-
-
-async def _ensure_server(client: SignalingClient, url: str) -> None:
-    """Start the embedded signaling server when the URL is on loopback and nothing answers there."""
-    if await client.healthy():
-        return
-    parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 80
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise SignalingError(
-            f"no signaling server answers at {url}: start one with `duet-signaling --host 0.0.0.0 "
-            f"--port {port}` on that machine, or check DUET_SIGNALING_URL"
-        )
-    from .signaling.server import start_server
-
-    try:
-        runner, _ = await start_server(host="127.0.0.1" if host == "localhost" else host, port=port)
-    except OSError as exc:
-        raise SignalingError(
-            f"nothing answers as a duet signaling server at {url} and its port is taken ({exc.strerror}): "
-            "pass signaling_url= or set DUET_SIGNALING_URL to a free port"
-        ) from exc
-    _embedded[(host, port)] = runner
-    log.info("started the embedded signaling server on %s", url)
+    def _items(self) -> list[dict[str, Any]]:
+        items = super()._items()
+        self._on_listing(len(items))
+        return items
 
 
 class Duet:
@@ -87,9 +68,14 @@ class Duet:
         self.connect_seconds: float | None = None
         self._timeout = timeout
         self._status = "waiting" if role == "owner" else "connecting"
+        self._history = [self._status]  # every status it has had, in order
         self._error: BaseException | None = None
         self._channel: Channel | None = None
-        self._client = SignalingClient(signaling_url)
+        self._client: SignalingClient = AnnouncingClient(
+            signaling_url,
+            timeout=signaling_timeout(timeout),
+            on_answer=lambda: self._set_status("connecting"),
+        )
         self._pending: connect.Pending | None = None
         self._waiter: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()  # set (in the loop) once connected or failed
@@ -97,6 +83,8 @@ class Duet:
         self._started = time.monotonic()
         self._on_close_callbacks: list[Callable[[str], None]] = []
         self.handlers: dict[str, Callable[[Message], Any]] = {"echo": self._on_echo, "error": self._on_error}
+        self._store_size: int | None = None  # scientist: objects in the owner's store, as last listed
+        self._allowlist_check: concurrent.futures.Future[list[str]] | None = None  # owner: start-up report
         self._owner: OwnerService | None = None
         self._scientist: ScientistService | None = None
         self._stop = asyncio.Event()
@@ -104,9 +92,23 @@ class Duet:
         if role == "owner":
             self._owner = OwnerService(requester=self._peer_label, **owner_options)
             self.handlers.update(self._owner.handlers())
+            # nothing but "hello" is served before the owner approves the join (approve_join=True)
+            self.handlers.update(
+                {t: self._owner._guard(h) for t, h in self.handlers.items() if t in _GUARDED}
+            )
         else:
             self._scientist = ScientistService(lambda: self.channel, self._peer_label)
+            self._scientist.store = _TrackedStore(self._scientist.remote, self._listed)
             self.handlers.update(self._scientist.handlers())
+
+    def _listed(self, count: int) -> None:
+        self._store_size = count
+
+    def _set_status(self, status: str) -> None:
+        if status != self._status:
+            log.debug("%s status %s -> %s", self.role, self._status, status)
+            self._status = status
+            self._history.append(status)
 
     def _peer_label(self) -> str:
         return f"{self.peer.name} ({self.peer.fingerprint})" if self.peer else "unknown"
@@ -166,7 +168,10 @@ class Duet:
                 "objects": str(len(self._owner.store)),
                 "pending requests": str(len(self._owner.requests)),
             }
-        return {}
+        assert self._scientist is not None
+        pending = sum(1 for r in self._scientist.requests if r.status == "pending")
+        size = "?" if self._store_size is None else str(self._store_size)
+        return {"objects": size, "pending requests": str(pending)}
 
     def __repr__(self) -> str:
         return "<Duet " + " ".join(f"{k}={v}" for k, v in self._summary().items()) + ">"
@@ -181,7 +186,7 @@ class Duet:
     # ---- lifecycle ---------------------------------------------------------------------------------
 
     async def _start_owner(self, ice_servers: connect.IceServers) -> None:
-        await _ensure_server(self._client, self.signaling_url)
+        await ensure_server(self._client, self.signaling_url)
         self._pending = await connect.offer(
             self._client, self.session_id, self.identity, self.name, ice_servers
         )
@@ -190,15 +195,14 @@ class Duet:
     async def _owner_wait(self) -> None:
         assert self._pending is not None
         try:
-            peer = await connect.await_answer(self._client, self._pending, self._timeout)
-            self._status = "connecting"
+            peer = await connect.await_answer(self._client, self._pending, self._timeout)  # -> connecting
             self._attach(self._pending.pc, self._pending.dc, peer)
         except asyncio.CancelledError:
             await self._pending.pc.close()
             raise
         except Exception as exc:  # noqa: BLE001 - kept and raised by wait_for_peer
             self._error = exc
-            self._status = "closed"
+            self._set_status("closed")
             await self._pending.pc.close()
             self._connected.set()
             log.warning("no scientist connected: %s", exc)
@@ -223,6 +227,13 @@ class Duet:
             raise
         assert self._scientist is not None
         self._own(periodic_release(self._scientist.remote, self._stop))
+        try:  # how many objects the owner has published, for repr(d) (d.store keeps it up to date)
+            listing = await self.channel.request({"t": "store"}, timeout=10)
+            items = listing.header.get("items")
+            if isinstance(items, list):
+                self._store_size = len(items)
+        except DuetError as exc:
+            log.info("no store listing from the owner: %s", exc)
 
     def _own(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -237,13 +248,13 @@ class Duet:
         self._channel.start()
         if self._owner is not None:
             self._owner.start()
-        self._status = "connected"
+        self._set_status("connected")
         self.connect_seconds = time.monotonic() - self._started
         self._connected.set()
         log.info("%s connected to %s (%s)", self.role, peer.name, peer.fingerprint)
 
     def _on_channel_close(self, reason: str) -> None:
-        self._status = "closed"
+        self._set_status("closed")
         if self._owner is not None:
             self._owner.peer_gone()  # what the scientist still waited for can no longer be delivered
         if not self._closing:
@@ -302,12 +313,12 @@ class Duet:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.cancel()
             await asyncio.gather(self._waiter, return_exceptions=True)
-            if self._pending is not None:
-                try:
-                    async with SignalingClient(self.signaling_url, timeout=2) as client:
-                        await client.cancel(self._pending.key)
-                except DuetError:
-                    pass
+        if self._pending is not None and self._channel is None:  # no scientist came: withdraw the offer
+            try:
+                async with SignalingClient(self.signaling_url, timeout=2) as client:
+                    await client.cancel(self._pending.key)
+            except DuetError as exc:
+                log.info("could not cancel the session on the signaling server: %s", exc)
         if self._channel is not None:
             await self._channel.close("closed by the " + self.role)
         self._stop.set()
@@ -315,7 +326,7 @@ class Duet:
         if self._owner is not None:
             await self._owner.stop()
             self._owner.close()
-        self._status = "closed"
+        self._set_status("closed")
         self._connected.set()
 
     def __enter__(self) -> Duet:
@@ -370,78 +381,3 @@ class Duet:
             return time.perf_counter() - start
 
         return loop.run(go())
-
-
-def launch_duet(
-    *,
-    signaling_url: str | None = None,
-    loopback: bool = False,
-    ice_servers: connect.IceServers = None,
-    timeout: float | None = None,
-    name: str = "owner",
-    quiet: bool = False,
-    approve_join: bool = False,
-    db_path: str | os.PathLike[str] | None = None,
-    quotas: Any = None,
-    allowlist: Any = None,
-) -> Duet:
-    """Owner: start a session and return at once; prints the session ID to share."""
-    url = _signaling_url(signaling_url)
-    session_id = codes.new_session_id()
-    d = Duet(
-        "owner",
-        session_id,
-        name=name,
-        signaling_url=url,
-        timeout=timeout,
-        approve_join=approve_join,
-        db_path=db_path,
-        quotas=quotas,
-        allowlist=allowlist,
-    )
-    loop.run(d._start_owner(ice_servers), timeout=30)
-    if loopback:
-        path = _loopback_file()
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(session_id)
-        os.chmod(tmp, 0o600)
-        tmp.replace(path)
-    if not quiet:
-        args = f'"{session_id}"' if not loopback else "loopback=True"
-        if url != DEFAULT_SIGNALING_URL:
-            args += f', signaling_url="{url}"'
-        print(f"duet: session {session_id} is waiting for a scientist.")
-        print(f"duet: in the scientist's notebook run:  d = duet.join_duet({args})")
-    return d
-
-
-def join_duet(
-    session_id: str | None = None,
-    *,
-    signaling_url: str | None = None,
-    loopback: bool = False,
-    ice_servers: connect.IceServers = None,
-    timeout: float = 30.0,
-    name: str = "scientist",
-) -> Duet:
-    """Scientist: join the owner's session; blocks until the data channel is open."""
-    if session_id is None:
-        if not loopback:
-            raise SignalingError(
-                "join_duet needs the owner's session ID (or loopback=True on the same machine)"
-            )
-        try:
-            session_id = _loopback_file().read_text().strip()
-        except OSError as exc:
-            raise SignalingError(
-                "no loopback session found: run duet.launch_duet(loopback=True) in the owner's notebook first"
-            ) from exc
-    session_id = codes.normalize_session_id(session_id)
-    d = Duet("scientist", session_id, name=name, signaling_url=_signaling_url(signaling_url), timeout=timeout)
-    try:
-        loop.run(d._start_scientist(ice_servers))  # bounded inside: connection timeout, then join approval
-    except BaseException:
-        d._status = "closed"
-        raise
-    return d

@@ -549,7 +549,12 @@ def test_join_approval(signaling_url: str, tmp_path: Path) -> None:
         owner.run('d.requests.add_handler(name="join", action="accept")\nd.store.publish(1, name="one")')
         raw = attach_without_hello(owner.session_id, signaling_url)  # type: ignore[attr-defined]
         try:
-            for header in ({"t": "store"}, {"t": "meta", "o": "p0"}, {"t": "req", "o": "p0", "block": True}):
+            for header in (
+                {"t": "store"},
+                {"t": "meta", "o": "p0"},
+                {"t": "req", "o": "p0", "block": True},
+                {"t": "echo"},
+            ):
                 reply = call(raw, header)
                 assert (reply["t"], reply["kind"]) == ("error", "PermissionDenied"), header
                 assert "not approved" in reply["message"]

@@ -116,7 +116,7 @@ def test_the_signaling_server_imports_without_torch_or_pandas() -> None:
         "assert 'torch' not in sys.modules\n"
         "import duet as sy\n"
         "assert sy.Module.__module__ == 'duet.remote.module' and 'torch' in sys.modules\n"
-        "assert sy.launch_duet is sy.session.launch_duet and 'Module' in dir(sy)\n"
+        "assert sy.launch_duet is sy.launch.launch_duet and 'Module' in dir(sy)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
