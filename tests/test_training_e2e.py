@@ -280,3 +280,77 @@ def test_digits_mlp_reaches_the_local_accuracy(pair: tuple[Peer, duet.Duet]) -> 
     assert abs(remote_acc - local_acc) <= 1.0
     trained = remote.get(request_block=True, name="model")
     assert float(accuracy(trained, x_all[1400:], y_all[1400:])) == pytest.approx(remote_acc, abs=0.01)
+
+
+# ---- 3. nested duet.Modules and Sequential ---------------------------------------------------------------------
+
+
+class Inner(sy.Module):
+    def __init__(self, torch_ref: Any) -> None:
+        super().__init__(torch_ref=torch_ref)
+        nn = self.torch_ref.nn
+        self.block = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.BatchNorm1d(32))
+
+    def forward(self, x: Any) -> Any:
+        return self.block(x)
+
+
+class Outer(sy.Module):
+    def __init__(self, torch_ref: Any) -> None:
+        super().__init__(torch_ref=torch_ref)
+        self.inner = Inner(torch_ref)
+        self.head = self.torch_ref.nn.Linear(32, 10)
+
+    def forward(self, x: Any) -> Any:
+        return self.torch_ref.nn.functional.log_softmax(self.head(self.inner(x)), dim=1)
+
+
+def test_nested_modules_and_sequential_train_remotely(pair: tuple[Peer, duet.Duet]) -> None:
+    _, d = pair
+    torch.manual_seed(3)
+    local = Outer(torch)
+    initial = copy.deepcopy(local.state_dict())
+    assert list(initial) == [
+        "inner.block.0.weight",
+        "inner.block.0.bias",
+        "inner.block.2.weight",
+        "inner.block.2.bias",
+        "inner.block.2.running_mean",
+        "inner.block.2.running_var",
+        "inner.block.2.num_batches_tracked",
+        "head.weight",
+        "head.bias",
+    ]
+    remote = local.send(d)
+    assert not remote.is_local and not remote.inner.is_local
+    x, y = d.store["digits_train"], d.store["digits_train_labels"]
+    opt = d.torch.optim.SGD(remote.parameters(), lr=0.1)
+    remote.train()
+    for step in range(4):
+        batch = slice(step * 64, (step + 1) * 64)
+        opt.zero_grad()
+        loss = d.torch.nn.functional.nll_loss(remote(x[batch]), y[batch])
+        loss.backward()
+        opt.step()
+    remote.eval()
+    assert remote.training is False
+    trained = remote.get(request_block=True, name="model", reason="nested weights")
+    assert isinstance(trained, Outer) and trained.is_local and isinstance(trained.inner, Inner)
+    assert isinstance(trained.inner.block, torch.nn.Sequential)
+    assert trained.training is False and trained.inner.block[2].training is False  # eval() came home too
+    state = trained.state_dict()
+    assert list(state) == list(initial)  # the same keys, in the same order, as the local model's
+    unchanged = [k for k in initial if torch.equal(initial[k], state[k])]
+    assert unchanged == []  # every weight and bias, and the BatchNorm's running statistics, moved
+    assert not torch.equal(state["inner.block.2.running_mean"], torch.zeros(32))
+    assert int(state["inner.block.2.num_batches_tracked"]) == 4
+    # eval mode on the owner too: BatchNorm uses its running statistics, as the local copy in eval mode does
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    shuffle = torch.randperm(len(digits.target), generator=torch.Generator().manual_seed(0))
+    x_local = (torch.tensor(digits.data[shuffle.numpy()], dtype=torch.float32) / 16.0)[:8]
+    remote_out = remote(x[:8]).get(request_block=True, name="accuracy")
+    with torch.no_grad():
+        torch.testing.assert_close(remote_out, trained(x_local))
+        assert not torch.allclose(trained.train()(x_local), remote_out, atol=1e-4)  # train mode would differ
