@@ -236,6 +236,54 @@ def test_no_grad_on_the_owner(pair: tuple[Peer, duet.Duet]) -> None:
     assert get(w.grad).tolist() == [8.0, 8.0, 8.0]
 
 
+# ---- 4b. batching and pipelining ------------------------------------------------------------------------
+
+
+def test_training_steps_travel_as_few_frames_and_block_only_at_shape(
+    pair: tuple[Peer, duet.Duet], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner, d = pair
+    torch.manual_seed(0)
+    inputs = d.store["grid"] / 10
+    model = d.torch.nn.Linear(4, 1)
+    opt = d.torch.optim.SGD(model.parameters(), lr=0.01)
+    target = d.torch.zeros(3, 1)
+    assert target.shape == (3, 1)  # a round trip: everything above has reached the owner
+    frames: list[dict[str, Any]] = []
+    real_send = d.channel.send
+
+    def spy(header: dict[str, Any], buffers: Any = (), **kw: Any) -> None:
+        frames.append(header)
+        real_send(header, buffers, **kw)
+
+    monkeypatch.setattr(d.channel, "send", spy)
+    owner.run("mark = d.log.total")
+    sent_before = d._scientist.remote.ops_sent  # type: ignore[union-attr]
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = d.torch.nn.functional.mse_loss(model(inputs), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss)
+    # nothing has asked the owner anything yet: only "ops" frames, no request waiting for a reply
+    assert frames == [] or {f["t"] for f in frames} == {"ops"}
+    assert losses[-1].shape == ()  # the first blocking call
+    calls = [f for f in frames if f["t"] == "ops" and any(op.get("k") != "del" for op in f["ops"])]
+    ops = [op for f in calls for op in f["ops"] if op.get("k") != "del"]
+    requests = [f for f in frames if f["t"] != "ops"]
+    assert [f["t"] for f in requests] == ["meta"] and frames.index(requests[0]) == len(frames) - 1
+    assert len(ops) >= 15  # 5 calls a step (zero_grad, forward, loss, backward, step), 3 steps
+    print("ops per frame:", [len(f["ops"]) for f in calls])
+    assert len(calls) <= 3, [len(f["ops"]) for f in calls]  # ...in a few frames, not one frame per call
+    assert d._scientist.remote.ops_sent - sent_before == sum(len(f["ops"]) for f in frames if f["t"] == "ops")  # type: ignore[union-attr]
+    assert ask(owner, "d.log.total - mark") >= len(ops)  # the owner ran them all
+    assert ask(owner, "[r.status for r in d.log.rows()[len(d.log) - d.log.total + mark :]]").count(
+        "ok"
+    ) >= len(ops)
+    assert get(losses[0]).item() > get(losses[-1]).item()  # and they trained the model
+
+
 # ---- 5. garbage collection ------------------------------------------------------------------------------------
 
 
