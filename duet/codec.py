@@ -401,7 +401,10 @@ def describe(obj: Any, _depth: int = 0) -> dict[str, Any]:
     A tensor reveals its numel, a scalar 1, a container the sum over its items (dict keys count too),
     an ``nn.Module`` its parameters and buffers.
     """
-    kind = type(obj).__name__
+    cls = type(obj)
+    if cls in _SCALAR_BYTES:  # exactly None, bool, int, float or complex (a subclass takes the long way)
+        return _meta(cls.__name__, None, None, _SCALAR_BYTES[cls], 1)
+    kind = cls.__name__
     if isinstance(obj, torch.Tensor):  # the common case, without the lists a module needs
         numel = obj.numel()
         name = _DTYPE_TO_NAME.get(obj.dtype) or str(obj.dtype)
@@ -413,13 +416,13 @@ def describe(obj: Any, _depth: int = 0) -> dict[str, Any]:
         return _meta(kind, None, dtypes.pop() if len(dtypes) == 1 else None, size, numel)
     if isinstance(obj, torch.Size):
         return _meta(kind, [len(obj)], None, 8 * len(obj), len(obj))
-    if isinstance(obj, list | tuple | dict) and _depth < ENCODE_MAX_DEPTH:
+    if isinstance(obj, (list, tuple, dict)) and _depth < ENCODE_MAX_DEPTH:
         items = [*obj, *obj.values()] if isinstance(obj, dict) else obj
         parts = [describe(x, _depth + 1) for x in items]
         return _meta(
             kind, [len(obj)], None, sum(p["size_bytes"] for p in parts), sum(p["numel"] for p in parts)
         )
-    if isinstance(obj, str | bytes):
+    if isinstance(obj, (str, bytes)):
         return _meta(kind, None, None, len(obj.encode() if isinstance(obj, str) else obj), 1)
     return _meta(kind, None, None, _SCALAR_BYTES.get(type(obj), sys.getsizeof(obj)), 1)
 

@@ -1,15 +1,21 @@
-"""The owner's activity log: every call the scientist ran, with argument kinds (never values) and status."""
+"""The owner's activity log: every call the scientist ran, with argument kinds (never values) and status.
+
+The executor logs every op, so a row is kept raw (a tuple of the time as a float, the arguments' shapes
+and types, the result's type and shape as its metadata has them) and turned into text and datetimes only
+when the owner looks (:attr:`ActivityLog.pandas`, :meth:`ActivityLog.rows`).
+"""
 
 from __future__ import annotations
 
 import collections
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["ActivityLog", "LOG_COLUMNS", "Row", "kind"]
+__all__ = ["ActivityLog", "ArgKinds", "LOG_COLUMNS", "Row", "kind"]
 
 LOG_COLUMNS = ["time", "path", "args", "result_type", "result_shape", "status", "duration_ms"]
 
@@ -27,31 +33,103 @@ class Row:
     duration_ms: float
 
 
+class ArgKinds:
+    """A call's argument kinds, kept as shapes and types and written out as :func:`kind` would only when the
+    log is read (holding no argument: a tensor is kept as its ``torch.Size``, a container as its text)."""
+
+    __slots__ = ("_args", "_kwargs")
+
+    def __init__(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        self._args = tuple([_raw(a) for a in args])
+        self._kwargs = tuple([(k, _raw(v)) for k, v in kwargs.items()]) if kwargs else ()
+
+    def __str__(self) -> str:
+        kinds = [_text(a) for a in self._args] + [f"{k}={_text(v)}" for k, v in self._kwargs]
+        return ", ".join(kinds)[:300]
+
+
+def _raw(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.shape
+    if isinstance(x, (list, tuple, dict)):
+        return kind(x)
+    return type(x)
+
+
+def _text(raw: Any) -> str:
+    if isinstance(raw, torch.Size):
+        return f"Tensor{list(raw)}"
+    return raw if isinstance(raw, str) else raw.__name__
+
+
+# time (seconds since the epoch), path, args, result type, result shape, status, duration (seconds)
+_Raw = tuple[float, str, Any, Any, Any, str, float]
+
+
 class ActivityLog:
     """Every op the scientist ran, newest last (bounded; ``total`` counts all)."""
 
     def __init__(self, limit: int = 100_000) -> None:
-        self._rows: collections.deque[Row] = collections.deque(maxlen=limit)
+        self._rows: collections.deque[_Raw] = collections.deque(maxlen=limit)
         self.total = 0
         self.failed = 0
 
     def add(self, row: Row) -> None:
-        self._rows.append(row)
+        self.record(
+            row.time.timestamp(),
+            row.path,
+            row.args,
+            row.result_type,
+            row.result_shape,
+            row.status,
+            row.duration_ms / 1000,
+        )
+
+    def record(
+        self,
+        when: float,
+        path: str,
+        args: str | ArgKinds,
+        result_type: Any,
+        result_shape: Any,
+        status: str,
+        seconds: float,
+    ) -> None:
+        """One row, as the executor has it: ``when`` from ``time.time()``, the result's type and shape as
+        its metadata holds them (None for none), the call's duration in seconds."""
+        self._rows.append((when, path, args, result_type, result_shape, status, seconds))
         self.total += 1
-        self.failed += row.status != "ok"
+        self.failed += status != "ok"
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def rows(self) -> list[Row]:
+        """The rows kept, oldest first, as text and datetimes."""
+        return [_row(r) for r in list(self._rows)]
 
     @property
     def pandas(self) -> Any:
         import pandas as pd
 
-        return pd.DataFrame([r.__dict__ for r in list(self._rows)], columns=LOG_COLUMNS)
+        return pd.DataFrame([r.__dict__ for r in self.rows()], columns=LOG_COLUMNS)
 
     def summary(self) -> dict[str, Any]:
-        paths = collections.Counter(r.path for r in list(self._rows))
+        paths = collections.Counter(r[1] for r in list(self._rows))
         return {"calls": self.total, "failed": self.failed, "most_used": paths.most_common(5)}
+
+
+def _row(raw: _Raw) -> Row:
+    when, path, args, result_type, result_shape, status, seconds = raw
+    return Row(
+        dt.datetime.fromtimestamp(when, dt.timezone.utc),
+        path,
+        str(args),
+        str(result_type or ""),
+        str(result_shape if result_shape is not None else ""),
+        status,
+        round(seconds * 1000, 3),
+    )
 
 
 def kind(x: Any, depth: int = 0) -> str:

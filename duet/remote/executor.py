@@ -27,7 +27,6 @@ request queue do not wait for it), but the scientist's later calls queue behind 
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +37,7 @@ import torch
 from .. import codec
 from ..errors import DuetError, PermissionDenied, ProtocolError, QuotaExceeded, RemoteError
 from . import guards, readonly
-from .activity import ActivityLog, Row, kind
+from .activity import ActivityLog, ArgKinds, kind
 from .allowlist import DEFAULT_ALLOWLIST, Allowlist
 from .store import Entry, Quotas, Store
 
@@ -81,7 +80,7 @@ class Executor:
         self._lock = threading.Lock()
         self._claimed = 0
         self._used: set[int] = set()
-        self._last_args = ""
+        self._last_args: str | ArgKinds = ""
         self._table: dict[str, Handler] = {
             "call": self._call,
             "meth": self._meth,
@@ -160,19 +159,12 @@ class Executor:
         detail = str(exc)[:1000] if self.quotas.error_detail or isinstance(exc, DuetError) else ""
         return RemoteError(type(exc).__name__, detail)
 
-    def _record(self, path: str, args: str, entry: Entry | None, status: str, start: float) -> None:
+    def _record(
+        self, path: str, args: str | ArgKinds, entry: Entry | None, status: str, start: float
+    ) -> None:
         meta = entry.meta if entry is not None else {}
-        self.log.add(
-            Row(
-                dt.datetime.now(dt.timezone.utc),
-                path,
-                args,
-                str(meta.get("type") or ""),
-                str(meta.get("shape") if meta.get("shape") is not None else ""),
-                status,
-                round((time.perf_counter() - start) * 1000, 3),
-            )
-        )
+        seconds = time.perf_counter() - start
+        self.log.record(time.time(), path, args, meta.get("type"), meta.get("shape"), status, seconds)
 
     def _timed(self, path: str, call: Callable[[], Any]) -> Any:
         """Run the call itself; a result that took over ``call_seconds`` is dropped, never stored."""
@@ -226,8 +218,7 @@ class Executor:
             or any(type(k) is not str for k in kwargs)
         ):
             raise ProtocolError("arguments must be a list and keyword arguments a dict with string keys")
-        kinds = [kind(a) for a in args] + [f"{k}={kind(v)}" for k, v in kwargs.items()]
-        self._last_args = ", ".join(kinds)[:300]
+        self._last_args = ArgKinds(args, kwargs)
         return args, kwargs
 
     def _self(self, op: dict[str, Any], tags: set[str]) -> Any:

@@ -81,10 +81,10 @@ def _to_meta(x: Any) -> Any:
 
 
 def _size_of(result: Any) -> int:
-    if isinstance(result, torch.nn.Module):
-        return sum(p.numel() * p.element_size() for p in result.parameters())
     if isinstance(result, torch.Tensor):
         return result.numel() * result.element_size()
+    if isinstance(result, torch.nn.Module):
+        return sum(p.numel() * p.element_size() for p in result.parameters())
     if isinstance(result, (list, tuple)):
         return sum(_size_of(r) for r in result[:64] if isinstance(r, torch.Tensor))
     return 0
@@ -100,18 +100,29 @@ class _Uncached(Exception):
     pass
 
 
+_SCALARS = (bool, int, float, str, torch.dtype, torch.device)
+
+
 def _sig(x: Any, depth: int = 0) -> Any:
     """What a dry run's outcome depends on (shapes, dtypes, plain values); raises _Uncached for anything else."""
     if isinstance(x, torch.Tensor):
         return ("T", tuple(x.shape), x.dtype)
-    if x is None or isinstance(x, (bool, int, float, str, torch.dtype, torch.device)):
+    if x is None or isinstance(x, _SCALARS):
         return (type(x), x)
     if isinstance(x, slice):
         return ("S", x.start, x.stop, x.step)
     if isinstance(x, (list, tuple)) and depth < 4 and len(x) <= 64:
-        return (type(x), tuple(_sig(v, depth + 1) for v in x))
+        items: list[Any] = []
+        for v in x:  # tensors and scalars inline: this runs for every dry run of a training loop
+            if isinstance(v, torch.Tensor):
+                items.append(("T", tuple(v.shape), v.dtype))
+            elif v is None or isinstance(v, _SCALARS):
+                items.append((type(v), v))
+            else:
+                items.append(_sig(v, depth + 1))
+        return (type(x), tuple(items))
     if isinstance(x, dict) and depth < 4 and len(x) <= 64:
-        return ("D", tuple((k, _sig(v, depth + 1)) for k, v in x.items()))
+        return ("D", tuple([(k, _sig(v, depth + 1)) for k, v in x.items()]))
     raise _Uncached
 
 
@@ -140,7 +151,12 @@ class _DryRunCache:
         except _Uncached:
             return _meta_size(run)
         with self._lock:
-            table = self._sizes if module is None else self._modules.setdefault(module, {})
+            if module is None:
+                table = self._sizes
+            elif (found := self._modules.get(module)) is not None:
+                table = found
+            else:
+                table = self._modules[module] = {}
             size = table.get(sig)
         if size is None:
             size = _meta_size(run)
@@ -282,11 +298,15 @@ def count_nodes(obj: Any, limit: int = MAX_ITEMS) -> int:
 
 def check_result(result: Any, limit: int, what: str) -> None:
     """The last check before a result is stored: tensor bytes, Python items, int size."""
-    if isinstance(result, (list, tuple, dict)) and not isinstance(result, torch.Size):
+    if result is None or type(result) is float:
+        return
+    if isinstance(result, torch.Tensor):
+        check_tensor_bytes(result, limit, what)
+    elif isinstance(result, (list, tuple, dict)) and not isinstance(result, torch.Size):
         if count_nodes(result) > MAX_ITEMS:
             raise QuotaExceeded(f"{what} made a value of over {MAX_ITEMS:,} items (or a cycle): refused")
         check_tensor_bytes(result, limit, what)
-    elif isinstance(result, str | bytes) and len(result) > MAX_ITEMS:
+    elif isinstance(result, (str, bytes)) and len(result) > MAX_ITEMS:
         raise QuotaExceeded(f"{what} made a string of {len(result):,} characters, over {MAX_ITEMS:,}")
     elif isinstance(result, int) and not isinstance(result, bool) and result.bit_length() > MAX_INT_BITS:
         raise QuotaExceeded(f"{what} made an int of {result.bit_length():,} bits, over {MAX_INT_BITS:,}")

@@ -92,6 +92,13 @@ def _inplace_position(fn: Any) -> int | None:
     return None
 
 
+def _has_buffers(module: torch.nn.Module) -> bool:
+    """Whether ``module.buffers()`` would yield anything (a layer without children is asked directly)."""
+    if not module._modules:
+        return any(b is not None for b in module._buffers.values())
+    return next(iter(module.buffers()), None) is not None
+
+
 def _targets(
     fn: Any,
     obj: Any,
@@ -107,7 +114,7 @@ def _targets(
         if isinstance(obj, torch.nn.Module) and name == "__call__":
             if getattr(obj, "inplace", False) is True:
                 targets.extend(args[:1])
-            if obj.training:  # batch norm's running statistics
+            if obj.training and _has_buffers(obj):  # batch norm's running statistics
                 targets.extend(obj.buffers())
         elif allowlist.mutates(obj, name) and not (
             isinstance(obj, torch.nn.Module) and name in _HARMLESS_ON_MODULES

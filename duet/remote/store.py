@@ -292,11 +292,13 @@ class Store:
 
     def _spread(self, result: Entry, inputs: list[Entry]) -> None:
         """(lock held) Give the op's sources to everything it may have written into (see the module)."""
-        if not result.sources:
+        sources = result.sources
+        if not sources:
             return
-        keys = set(self._storage_of.get(result.id, ()))
-        touched = set()
+        keys: Iterable[int] = self._storage_of.get(result.id, ())
+        touched: set[str] = set()
         if result.obj is None and result.error is None:
+            keys = set(keys)
             for e in inputs:
                 touched.add(e.id)
                 keys |= self._storage_of.get(e.id, set())
@@ -307,11 +309,14 @@ class Store:
                     else:
                         keys |= _storages_of_all(leaves)
         for key in keys:
-            touched |= self._by_storage.get(key, set())
+            ids = self._by_storage.get(key)
+            if ids:
+                touched |= ids
+        touched.discard(result.id)  # (the result is the entry stored under its id)
         for oid in touched:
             other = self._entries.get(oid)
-            if other is not None and other is not result and not result.sources <= other.sources:
-                other.sources |= result.sources
+            if other is not None and not sources <= other.sources:
+                other.sources |= sources
 
     def _index(self, entry: Entry) -> None:
         keys = _storages(entry.obj)
