@@ -1,12 +1,7 @@
 """The message channel over one aiortc data channel: chunking, backpressure, request/reply, liveness.
 
-Every duet frame (see :mod:`duet.wire`) is cut into data-channel messages no larger than the peer accepts::
-
-     0       1               5
-     +-------+---------------+---------------------------+
-     | flags | stream (u32)  | part of the frame          |
-     +-------+---------------+---------------------------+
-     flags: bit 0 = first part of a frame, bit 1 = last part
+Every duet frame (see :mod:`duet.wire`) is cut into data-channel messages no larger than the peer accepts
+(see :mod:`duet.parts`).
 
 Three lanes share the channel. Ordered frames (calls, requests: anything whose effect depends on what
 came before) go first-in first-out, one frame after the other, so the peer sees them in the order they were
@@ -25,7 +20,6 @@ import asyncio
 import collections
 import itertools
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,20 +27,14 @@ from typing import Any
 
 from . import wire
 from .errors import ConnectionError, ProtocolError, RequestTimeout
+from .parts import _FIRST, _LAST, _PART, _SINGLE, DEFAULT_MAX_FRAME, Outgoing, Progress, Reassembly
 
 __all__ = ["Channel", "Message", "DEFAULT_MAX_FRAME"]
 
 log = logging.getLogger("duet.transport")
 
-_PART = struct.Struct(">BI")
-_FIRST, _LAST = 1, 2
-DEFAULT_MAX_FRAME = 1 << 30  # 1 GiB: the largest frame a peer may send us
 HIGH_WATER = 1 << 20
 LOW_WATER = 256 * 1024
-MAX_PARTIAL = 64  # frames being reassembled at once
-
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -92,19 +80,19 @@ class Channel:
         self._pc, self._dc = pc, dc
         self._on_message, self._on_close = on_message, on_close
         self._part_size = max(1024, max_message - _PART.size)
-        self._max_frame = max_frame
         self._heartbeat, self._dead_after = heartbeat, dead_after
         self._ids = itertools.count(1)
         self._streams = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self._urgent: collections.deque[bytes] = collections.deque()
-        self._ordered: collections.deque[_Outgoing] = collections.deque()
-        self._bulk: collections.deque[_Outgoing] = collections.deque()
+        self._ordered: collections.deque[Outgoing] = collections.deque()
+        self._bulk: collections.deque[Outgoing] = collections.deque()
         self._turn = 0
-        self._partial: dict[int, bytearray] = {}
+        self._partial = Reassembly(max_frame)
         self._progress: dict[int, Progress] = {}  # correlation id -> callback for the reply's arrival
         self._incoming: dict[int, tuple[Progress, int]] = {}  # stream -> (callback, frame size)
-        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Message | _Running | None] = asyncio.Queue()
+        self._idle = False  # the dispatcher waits for a message and none is being handled
         self._wake = asyncio.Event()
         self._low = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -155,7 +143,7 @@ class Channel:
         """Close the channel (idempotent). With ``notify`` the peer is told first, briefly."""
         if notify and not self._closed and self._dc.readyState == "open":
             try:
-                self._dc.send(_PART.pack(_FIRST | _LAST, 0) + wire.pack({"t": "bye", "reason": reason}))
+                self._dc.send(_SINGLE + wire.pack({"t": "bye", "reason": reason}))
                 await asyncio.sleep(0.05)  # let SCTP flush the goodbye
             except Exception:  # noqa: BLE001 - best effort: the peer also notices via state
                 pass
@@ -182,12 +170,17 @@ class Channel:
             raise ConnectionError(f"the session is closed ({self.close_reason})")
         segments = wire.pack_segments(header, buffers)
         size = sum(len(s) for s in segments)
-        if not ordered and size <= self._part_size:
-            payload = segments[0] if len(segments) == 1 else b"".join(segments)
-            self._urgent.append(_PART.pack(_FIRST | _LAST, 0) + bytes(payload))
-        else:
-            out = _Outgoing(next(self._streams), segments, size, progress)
-            (self._ordered if ordered else self._bulk).append(out)
+        if size <= self._part_size and (not ordered or not self._ordered):
+            data = b"".join([_SINGLE, *segments])
+            if not self._urgent and self._dc.bufferedAmount <= HIGH_WATER:
+                self._transmit(data)  # nothing it must wait behind: no hop through the sender task
+                return
+            if not ordered:
+                self._urgent.append(data)
+                self._wake.set()
+                return
+        out = Outgoing(next(self._streams), segments, size, _reporter(progress))
+        (self._ordered if ordered else self._bulk).append(out)
         self._wake.set()
 
     async def request(
@@ -198,19 +191,39 @@ class Channel:
         progress: Progress | None = None,
     ) -> Message:
         """Send a frame and wait for the frame that answers it (``progress`` follows the reply's arrival)."""
+        return await self.request_future(header, buffers, timeout, progress)
+
+    def request_future(
+        self,
+        header: dict[str, Any],
+        buffers: Sequence[wire.Buffer] = (),
+        timeout: float | None = 30.0,
+        progress: Progress | None = None,
+    ) -> asyncio.Future[Message]:
+        """(loop thread) Send a frame; a future for the frame that answers it, failing with RequestTimeout
+        after ``timeout`` seconds (a timer, not a task). Cancelling the future forgets the request."""
         cid = next(self._ids)
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Message] = loop.create_future()
+        what = f"no reply to {header.get('t')!r} within {timeout} s"
+        timer = None if timeout is None else loop.call_later(timeout, _expire, fut, what)
+
+        def forget(_: asyncio.Future[Message]) -> None:
+            if timer is not None:
+                timer.cancel()
+            self._pending.pop(cid, None)
+            self._progress.pop(cid, None)
+
+        fut.add_done_callback(forget)
         self._pending[cid] = fut
         if progress is not None:
             self._progress[cid] = progress
         try:
             self.send({**header, "id": cid}, buffers)
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError as exc:
-            raise RequestTimeout(f"no reply to {header.get('t')!r} within {timeout} s") from exc
-        finally:
-            self._pending.pop(cid, None)
-            self._progress.pop(cid, None)
+        except BaseException:
+            fut.cancel()
+            raise
+        return fut
 
     async def _sender(self) -> None:
         dc = self._dc
@@ -240,15 +253,20 @@ class Channel:
                         self._bulk.popleft()
                     else:
                         self._bulk.rotate(-1)
-            try:
-                dc.send(data)
-            except Exception as exc:  # noqa: BLE001 - aiortc raises InvalidStateError and others
-                self._lost(f"sending failed: {exc!r}")
+            if not self._transmit(data):
                 return
-            self.bytes_sent += len(data)
-            self._last_sent = time.monotonic()
             if (self._bulk or self._ordered) and not self._urgent:
                 await asyncio.sleep(0)  # let incoming traffic and heartbeats through between parts
+
+    def _transmit(self, data: bytes) -> bool:
+        try:
+            self._dc.send(data)
+        except Exception as exc:  # noqa: BLE001 - aiortc raises InvalidStateError and others
+            self._lost(f"sending failed: {exc!r}")
+            return False
+        self.bytes_sent += len(data)
+        self._last_sent = time.monotonic()
+        return True
 
     # ---- receiving -------------------------------------------------------------------------------
 
@@ -263,31 +281,21 @@ class Channel:
         if flags == _FIRST | _LAST:
             self._deliver(body)
             return
+        try:
+            done, frame = self._partial.add(flags, stream, body)
+        except ProtocolError as exc:
+            self._protocol_error(str(exc))
+            return
         if flags & _FIRST:
-            if stream in self._partial or len(self._partial) >= MAX_PARTIAL:
-                self._protocol_error("too many interleaved frames, or a frame restarted")
-                self._partial.pop(stream, None)
-                return
-            self._partial[stream] = bytearray(body)
             if self._progress:
                 self._watch(stream, body)
             return
-        buf = self._partial.get(stream)
-        if buf is None:
-            self._protocol_error("a frame part with no start")
-            return
-        if len(buf) + len(body) > self._max_frame:
-            del self._partial[stream]
-            self._protocol_error(f"a frame larger than {self._max_frame} bytes")
-            return
-        buf += body
         watched = self._incoming.get(stream)
         if watched is not None:
-            self._report(watched[0], len(buf), watched[1])
-        if flags & _LAST:
-            del self._partial[stream]
+            self._report(watched[0], done, watched[1])
+        if frame is not None:
             self._incoming.pop(stream, None)
-            self._deliver(memoryview(buf))
+            self._deliver(frame)
 
     def _watch(self, stream: int, first: memoryview) -> None:
         """A large reply is arriving: if someone follows its progress, tell them as its parts come."""
@@ -328,7 +336,17 @@ class Channel:
             if fut is not None and not fut.done():
                 fut.set_result(msg)
             return
-        self._inbox.put_nowait(msg)
+        if self._closed or not self._idle or not self._inbox.empty():
+            self._inbox.put_nowait(msg)  # behind what is being handled: arrival order
+            return
+        try:  # nothing before it: handle it now, no hop through the dispatcher task
+            result = self._on_message(msg)
+        except Exception:  # noqa: BLE001 - a handler bug must not stop the session
+            log.exception("handler for %r failed", msg.type)
+            return
+        if result is not None:  # the rest of it runs in the dispatcher, before any later message
+            self._idle = False
+            self._inbox.put_nowait(_Running(msg.type, result))
 
     def _protocol_error(self, what: str) -> None:
         log.warning("dropped malformed input from the peer: %s", what)
@@ -339,18 +357,23 @@ class Channel:
         """Hand messages to the session one at a time, in arrival order (calls are pipelined)."""
         handled = 0
         while True:
-            msg = await self._inbox.get()
-            if msg is None:
+            self._idle = True
+            item = await self._inbox.get()
+            self._idle = False
+            if item is None:
                 return
-            handled += 1
-            if handled % 64 == 0:
-                await asyncio.sleep(0)  # a flood of messages must not starve heartbeats and sending
             try:
-                result = self._on_message(msg)
+                if isinstance(item, _Running):
+                    await item.result
+                    continue
+                handled += 1
+                if handled % 64 == 0:
+                    await asyncio.sleep(0)  # a flood of messages must not starve heartbeats and sending
+                result = self._on_message(item)
                 if result is not None:
                     await result
             except Exception:  # noqa: BLE001 - a handler bug must not stop the session
-                log.exception("handler for %r failed", msg.type)
+                log.exception("handler for %r failed", item.type)
 
     async def _watchdog(self) -> None:
         while not self._closed:
@@ -364,40 +387,18 @@ class Channel:
                 self.send({"t": "hb"}, ordered=False)
 
 
-class _Outgoing:
-    """A large frame being sent part by part, without joining its segments into one buffer."""
+@dataclass
+class _Running:
+    """A handler's unfinished work, which the dispatcher finishes before the next message."""
 
-    def __init__(
-        self, stream: int, segments: list[wire.Buffer], size: int, progress: Progress | None
-    ) -> None:
-        self.stream = stream
-        self.size = size
-        self._progress = progress
-        self._segments = collections.deque(memoryview(s) for s in segments)
-        self._left = size
-        self._first = True
+    type: str
+    result: Awaitable[None]
 
-    @property
-    def done(self) -> bool:
-        return self._left == 0
 
-    def next_part(self, part_size: int) -> bytes:
-        n = min(part_size, self._left)
-        flags = (_FIRST if self._first else 0) | (_LAST if n == self._left else 0)
-        self._first = False
-        pieces: list[wire.Buffer] = [_PART.pack(flags, self.stream)]
-        need = n
-        while need:
-            seg = self._segments[0]
-            if len(seg) <= need:
-                pieces.append(seg)
-                need -= len(seg)
-                self._segments.popleft()
-            else:
-                pieces.append(seg[:need])
-                self._segments[0] = seg[need:]
-                need = 0
-        self._left -= n
-        if self._progress is not None:
-            Channel._report(self._progress, self.size - self._left, self.size)
-        return b"".join(pieces)
+def _reporter(progress: Progress | None) -> Progress | None:
+    return None if progress is None else lambda done, total: Channel._report(progress, done, total)
+
+
+def _expire(fut: asyncio.Future[Message], what: str) -> None:
+    if not fut.done():
+        fut.set_exception(RequestTimeout(what))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextvars
 import functools
 import itertools
 import threading
@@ -245,12 +247,25 @@ class Remote:
     # ---- blocking calls --------------------------------------------------------------------------------
 
     def _request_sync(self, header: dict[str, Any], timeout: float, progress: Any = None) -> Message:
-        async def go() -> Message:
-            self._flush()
-            return await self._channel_of().request(header, timeout=timeout, progress=progress)
+        """Flush the queued ops and send ``header``, on the loop thread, and wait here for the reply: two
+        callbacks, no task, so the reply reaches this thread one loop iteration after it arrives."""
+        if loop.in_loop_thread():
+            raise RuntimeError("duet's blocking API cannot be called from its own event-loop thread")
+        done: concurrent.futures.Future[Message] = concurrent.futures.Future()
 
+        def start() -> None:
+            try:
+                self._flush()
+                reply = self._channel_of().request_future(header, timeout=timeout, progress=progress)
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                done.set_exception(exc)
+                return
+            reply.add_done_callback(functools.partial(_settle_future, done))
+
+        # an empty context, as loop.submit: output printed meanwhile belongs to no finished notebook cell
+        loop.get_loop().call_soon_threadsafe(start, context=contextvars.Context())
         try:
-            return loop.run(go())
+            return done.result()
         finally:
             self.warn_dropped()
 
@@ -387,6 +402,15 @@ class Remote:
                 self._dropped.append(error)
         else:  # an op the owner could not even attribute to a result (a malformed op)
             self.refused.append(error)
+
+
+def _settle_future(done: concurrent.futures.Future[Any], reply: asyncio.Future[Any]) -> None:
+    if reply.cancelled():
+        done.cancel()
+    elif (exc := reply.exception()) is not None:
+        done.set_exception(exc)
+    else:
+        done.set_result(reply.result())
 
 
 async def periodic_release(remote: Remote, stop: asyncio.Event, every: float = 0.25) -> None:

@@ -1,0 +1,170 @@
+"""duet.transport.Channel over an in-memory data channel: order, direct sends, dispatch, timeouts, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from duet import parts, wire
+from duet.errors import ProtocolError, RequestTimeout
+from duet.transport import HIGH_WATER, Channel, Message
+
+
+class FakeDC:
+    """The part of aiortc's RTCDataChannel a Channel uses; sent messages reach ``peer`` on a later tick."""
+
+    def __init__(self) -> None:
+        self.readyState = "open"
+        self.bufferedAmount = 0
+        self.bufferedAmountLowThreshold = 0
+        self.sent: list[bytes] = []
+        self.peer: FakeDC | None = None
+        self._handlers: dict[str, Callable[..., Any]] = {}
+
+    def on(self, event: str, handler: Callable[..., Any]) -> None:
+        self._handlers[event] = handler
+
+    def send(self, data: bytes) -> None:
+        assert isinstance(data, bytes)
+        self.sent.append(data)
+        if self.peer is not None:
+            asyncio.get_running_loop().call_soon(self.peer._handlers["message"], data)
+
+
+class FakePC:
+    connectionState = "connected"
+
+    def on(self, event: str, handler: Callable[..., Any]) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def _pair(on_a: Any, on_b: Any, **kw: Any) -> tuple[Channel, Channel, FakeDC, FakeDC]:
+    da, db = FakeDC(), FakeDC()
+    da.peer, db.peer = db, da
+    a = Channel(FakePC(), da, on_message=on_a, max_message=1029, **kw)  # 1024-byte parts
+    b = Channel(FakePC(), db, on_message=on_b, max_message=1029, **kw)
+    a.start()
+    b.start()
+    return a, b, da, db
+
+
+def test_requests_are_answered_and_time_out() -> None:
+    async def go() -> None:
+        a, b, _, _ = _pair(lambda m: None, lambda m: m.reply({"t": "ok", "n": m.header["n"]}, m.buffers))
+        big = bytes(range(256)) * 40  # ten parts
+        reply = await a.request({"t": "x", "n": 1}, [big])
+        assert reply.header["n"] == 1 and bytes(reply.buffers[0]) == big
+        b._on_message = lambda m: None  # stops answering
+        with pytest.raises(RequestTimeout, match="no reply to 'x' within 0.05 s"):
+            await a.request({"t": "x", "n": 2}, timeout=0.05)
+        await asyncio.sleep(0)
+        assert not a._pending and not a._progress
+        fut = a.request_future({"t": "x", "n": 3}, timeout=10)
+        fut.cancel()
+        await asyncio.sleep(0)
+        assert not a._pending
+        await a.close(notify=False)
+        await b.close(notify=False)
+
+    asyncio.run(go())
+
+
+def test_ordered_frames_keep_their_order_whether_sent_directly_or_in_parts() -> None:
+    seen: list[int] = []
+
+    async def go() -> None:
+        a, b, da, _ = _pair(lambda m: None, lambda m: seen.append(m.header["n"]))
+        a.send({"t": "o", "n": 0})  # alone: straight to the data channel
+        assert len(da.sent) == 1
+        a.send({"t": "o", "n": 1}, [bytes(5000)])  # in parts, through the sender task
+        a.send({"t": "o", "n": 2})  # small, but must wait behind frame 1
+        a.send({"t": "o", "n": 3}, ordered=False)  # unordered: may go at once
+        assert len(da.sent) == 2
+        da.bufferedAmount = HIGH_WATER + 1
+        a.send({"t": "o", "n": 4}, ordered=False)  # backpressure: queued for the sender
+        assert len(da.sent) == 2
+        da.bufferedAmount = 0
+        a._low.set()
+        for _ in range(50):
+            await asyncio.sleep(0)
+        await a.close(notify=False)
+        await b.close(notify=False)
+
+    asyncio.run(go())
+    assert seen[0] == 0 and seen.index(1) < seen.index(2)
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+
+
+def test_a_slow_handler_finishes_before_the_next_message_is_handled() -> None:
+    log: list[str] = []
+
+    def handler(m: Message) -> Any:
+        n = m.header["n"]
+        if n == 0:
+
+            async def slow() -> None:
+                log.append("start 0")
+                await asyncio.sleep(0.02)
+                log.append("end 0")
+
+            return slow()
+        if n == 1:
+            raise ValueError("a handler bug")
+        log.append(f"handle {n}")
+        return None
+
+    async def go() -> None:
+        a, b, _, _ = _pair(lambda m: None, handler)
+        for n in range(4):
+            a.send({"t": "o", "n": n})
+        await asyncio.sleep(0.1)
+        a.send({"t": "o", "n": 4})  # the dispatcher is idle again: handled as it arrives
+        await asyncio.sleep(0.01)
+        await a.close(notify=False)
+        await b.close(notify=False)
+
+    asyncio.run(go())
+    assert log == ["start 0", "end 0", "handle 2", "handle 3", "handle 4"]
+
+
+def test_reassembly_bounds_what_a_peer_can_make_us_hold() -> None:
+    r = parts.Reassembly(max_frame=3000)
+    assert r.add(parts._FIRST, 7, memoryview(b"a" * 1000)) == (1000, None)
+    with pytest.raises(ProtocolError, match="restarted"):
+        r.add(parts._FIRST, 7, memoryview(b"a"))
+    assert len(r) == 0
+    with pytest.raises(ProtocolError, match="no start"):
+        r.add(0, 8, memoryview(b"a"))
+    r.add(parts._FIRST, 9, memoryview(b"a" * 1000))
+    r.add(0, 9, memoryview(b"b" * 1000))
+    with pytest.raises(ProtocolError, match="larger than 3000"):
+        r.add(parts._LAST, 9, memoryview(b"c" * 1001))
+    assert len(r) == 0
+    for stream in range(parts.MAX_PARTIAL):
+        r.add(parts._FIRST, stream, memoryview(b"x"))
+    with pytest.raises(ProtocolError, match="too many"):
+        r.add(parts._FIRST, 999, memoryview(b"x"))
+    done, frame = r.add(parts._LAST, 0, memoryview(b"yz"))
+    assert done == 3 and frame is not None and bytes(frame) == b"xyz"
+
+
+def test_a_malformed_part_is_dropped_and_reported() -> None:
+    async def go() -> list[bytes]:
+        a, b, _, db = _pair(lambda m: None, lambda m: None)
+        b._on_dc_message(b"\x00\x00\x00\x00\x05rest")  # a middle part of a frame never started
+        b._on_dc_message(parts._SINGLE + b"not a frame")
+        await asyncio.sleep(0)
+        sent = list(db.sent)
+        await a.close(notify=False)
+        await b.close(notify=False)
+        return sent
+
+    errors = [wire.unpack(memoryview(m)[parts._PART.size :])[0] for m in asyncio.run(go())]
+    assert [e["t"] for e in errors] == ["error", "error"]
+    assert "no start" in errors[0]["message"]
