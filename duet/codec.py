@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import sys
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -257,11 +256,19 @@ class _Decoder:
 
     def list_(self, node: list[Any], depth: int) -> list[Any]:
         self.enter(node, depth)
-        return [self.dec(x, depth + 1) for x in node[1:]]
+        out = []
+        for x in node[1:]:
+            if x is None or type(x) in _PLAIN:  # what dec() does for a scalar, without the call
+                self.items_left -= 1
+                if self.items_left < 0:
+                    raise ProtocolError("value has too many items")
+                out.append(x)
+            else:
+                out.append(self.dec(x, depth + 1))
+        return out
 
     def tuple_(self, node: list[Any], depth: int) -> tuple[Any, ...]:
-        self.enter(node, depth)
-        return tuple([self.dec(x, depth + 1) for x in node[1:]])
+        return tuple(self.list_(node, depth))
 
     def enter(self, node: list[Any], depth: int) -> list[Any]:
         if depth >= self.max_depth:
@@ -278,13 +285,14 @@ class _Decoder:
         if len(node) % 2 != 1:
             raise ProtocolError("dict node must hold key/value pairs")
         out: dict[Any, Any] = {}
-        hashes: Counter[int] = Counter()
+        hashes: dict[int, int] = {}
         for i in range(1, len(node), 2):
             key = self.dec(node[i], depth + 1)
             if not _is_key(key):
                 raise ProtocolError(f"dict key of type {type(key).__name__} is not allowed")
-            hashes[h := hash(key)] += 1
-            if hashes[h] > _MAX_KEY_COLLISIONS:  # crafted tuple keys could make the dict quadratic
+            h = hash(key)
+            count = hashes[h] = hashes.get(h, 0) + 1
+            if count > _MAX_KEY_COLLISIONS:  # crafted tuple keys could make the dict quadratic
                 raise ProtocolError("too many dict keys with the same hash")
             out[key] = self.dec(node[i + 1], depth + 1)
         return out
@@ -301,9 +309,14 @@ class _Decoder:
 
     def slice_(self, node: list[Any], depth: int) -> slice:
         self.arity(node, 4)
-        if not all(p is None or type(p) is int for p in node[1:]):
+        _, start, stop, step = node
+        if not (
+            (start is None or type(start) is int)
+            and (stop is None or type(stop) is int)
+            and (step is None or type(step) is int)
+        ):
             raise ProtocolError("slice bounds must be int or None")
-        return slice(node[1], node[2], node[3])
+        return slice(start, stop, step)
 
     def dtype(self, node: list[Any], depth: int) -> torch.dtype:
         self.arity(node, 2)
@@ -327,7 +340,8 @@ class _Decoder:
         return torch.device(kind, index)
 
     def ptr(self, node: list[Any], depth: int) -> Any:
-        self.arity(node, 2)
+        if len(node) != 2:
+            self.arity(node, 2)
         ref = node[1]
         if type(ref) is not str or not 0 < len(ref) <= _MAX_PTR_ID:
             raise ProtocolError("pointer id must be a non-empty str")
@@ -407,8 +421,13 @@ def describe(obj: Any, _depth: int = 0) -> dict[str, Any]:
     kind = cls.__name__
     if isinstance(obj, torch.Tensor):  # the common case, without the lists a module needs
         numel = obj.numel()
-        name = _DTYPE_TO_NAME.get(obj.dtype) or str(obj.dtype)
-        return _meta(kind, list(obj.shape), name, numel * obj.element_size(), numel)
+        return {
+            "type": kind,
+            "shape": list(obj.shape),
+            "dtype": _DTYPE_TO_NAME.get(obj.dtype) or str(obj.dtype),
+            "size_bytes": numel * obj.element_size(),
+            "numel": numel,
+        }
     if isinstance(obj, torch.nn.Module):
         tensors = [*obj.parameters(), *obj.buffers()]
         dtypes = {_DTYPE_TO_NAME.get(t.dtype, str(t.dtype)) for t in tensors}

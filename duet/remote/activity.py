@@ -40,7 +40,10 @@ class ArgKinds:
     __slots__ = ("_args", "_kwargs")
 
     def __init__(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-        self._args = tuple([_raw(a) for a in args])
+        raw = []
+        for a in args:
+            raw.append(a.shape if type(a) is torch.Tensor else _raw(a))
+        self._args = tuple(raw)
         self._kwargs = tuple([(k, _raw(v)) for k, v in kwargs.items()]) if kwargs else ()
 
     def __str__(self) -> str:

@@ -774,12 +774,15 @@ class Allowlist:
     def check_arguments(self, name: str, args: Sequence[object], kwargs: Mapping[str, object]) -> None:
         """Argument rules for a call of ``name`` (a path or a method name): no ``out=`` (it writes into an
         existing object), devices are ``"cpu"`` only, and ``to()`` converts dtypes only."""
-        if "out" in kwargs:
-            raise _refuse(
-                f"{_show(name)}(out=...)", "is not on the allowlist: it writes into an existing object"
-            )
-        if not _is_cpu(kwargs.get("device")):
-            raise _refuse(f"{_show(name)}(device=...)", "is not on the allowlist: the owner computes on CPU")
+        if kwargs:  # (without any, both rules hold)
+            if "out" in kwargs:
+                raise _refuse(
+                    f"{_show(name)}(out=...)", "is not on the allowlist: it writes into an existing object"
+                )
+            if not _is_cpu(kwargs.get("device")):
+                raise _refuse(
+                    f"{_show(name)}(device=...)", "is not on the allowlist: the owner computes on CPU"
+                )
         if name == "to" and not _is_dtype_conversion(args, kwargs):
             raise _refuse("to() with these arguments", "is not on the allowlist: it converts dtypes only")
 

@@ -45,6 +45,7 @@ __all__ = ["Executor", "ActivityLog", "Container"]
 
 _MAX_CTX = 32
 _MAX_IDS = 100_000  # ids in one "del" op
+_NO_KWARGS = ["dict"]  # an empty dict's tree
 
 Handler = Callable[[dict[str, Any], Sequence[Any]], tuple[Any, set[str]]]
 
@@ -75,6 +76,7 @@ class Executor:
         self.store = store
         self.allowlist = allowlist or DEFAULT_ALLOWLIST
         self._quotas = quotas
+        self._q = self.quotas  # the quotas of the op being run (read once an op)
         self.log = ActivityLog()
         self._grad_stack: list[bool] = []
         self._lock = threading.Lock()
@@ -116,6 +118,7 @@ class Executor:
 
     def _run_one(self, op: Any, buffers: Sequence[Any]) -> tuple[str, RemoteError] | None:
         start = time.perf_counter()
+        self._q = self._quotas or self.store.quotas
         self._last_args = ""
         kind = op.get("k") if isinstance(op, dict) else None
         out = op.get("o") if isinstance(op, dict) else None
@@ -135,9 +138,23 @@ class Executor:
                 raise ProtocolError(f"unknown op kind {kind[:40]!r}")
             if not isinstance(out, str):
                 raise ProtocolError("an op needs its result id 'o'")
-            result, tags = handler(op, self._slice(op, buffers))
+            if "b" in op:
+                bufs = self._slice(op, buffers)
+            else:
+                self._used = set()
+                bufs = ()
+            result, tags = handler(op, bufs)
             entry = self.store.put(out, result, tags)
-            self._record(self._path, self._last_args, entry, "ok", start)
+            meta = entry.meta
+            self.log.record(
+                time.time(),
+                self._path,
+                self._last_args,
+                meta.get("type"),
+                meta.get("shape"),
+                "ok",
+                time.perf_counter() - start,
+            )
             return None
         except Exception as exc:  # noqa: BLE001 - every failure becomes the scientist's RemoteError
             error = self._as_remote(exc)
@@ -171,11 +188,11 @@ class Executor:
         start = time.perf_counter()
         result = call()
         elapsed = time.perf_counter() - start
-        limit = self.quotas.call_seconds
+        limit = self._q.call_seconds
         if elapsed > limit:
             del result
             raise QuotaExceeded(f"{path} ran {elapsed:.2f} s, over the {limit:g} s limit for one call")
-        guards.check_result(result, self.quotas.tensor_bytes, path)
+        guards.check_result(result, self._q.tensor_bytes, path)
         return result
 
     # ---- decoding ----------------------------------------------------------------------------------
@@ -202,14 +219,16 @@ class Executor:
             return entry.obj
 
         return codec.decode(
-            tree, bufs, make_pointer=resolve, max_tensor_bytes=self.quotas.tensor_bytes, used=self._used
+            tree, bufs, make_pointer=resolve, max_tensor_bytes=self._q.tensor_bytes, used=self._used
         )
 
     def _args(
         self, op: dict[str, Any], bufs: Sequence[Any], tags: set[str]
     ) -> tuple[list[Any], dict[str, Any]]:
-        args = self._decode(op.get("a", None), bufs, tags) if op.get("a") is not None else []
-        kwargs = self._decode(op.get("kw", None), bufs, tags) if op.get("kw") is not None else {}
+        a, kw = op.get("a"), op.get("kw")
+        args = self._decode(a, bufs, tags) if a is not None else []
+        # no keyword arguments (what the client sends for a call without any) decode as they would
+        kwargs = self._decode(kw, bufs, tags) if kw is not None and kw != _NO_KWARGS else {}
         if isinstance(args, tuple):
             args = list(args)
         if (
@@ -244,7 +263,7 @@ class Executor:
         readonly.refuse_published_change(
             self.allowlist, self._published, fn=fn, path=path, args=args, kwargs=kwargs
         )
-        guards.dry_run_call(fn, path, args, kwargs, self.quotas.tensor_bytes)
+        guards.dry_run_call(fn, path, args, kwargs, self._q.tensor_bytes)
         result = self._timed(path, lambda: self.allowlist.call_function(path, args, kwargs))
         return result, tags
 
@@ -261,7 +280,7 @@ class Executor:
             self.allowlist, self._published, obj=obj, name=name, args=args, kwargs=kwargs
         )
         guards.check_items_before(obj, name, args, kwargs)
-        limit = self.quotas.tensor_bytes
+        limit = self._q.tensor_bytes
         if name == "__call__":
             guards.dry_run_module(obj, args, kwargs, limit)
         else:

@@ -93,7 +93,11 @@ def _size_of(result: Any) -> int:
 def check_tensor_bytes(result: Any, limit: int, what: str) -> None:
     size = _size_of(result)
     if size > limit:
-        raise QuotaExceeded(f"{what} would make {size:,} bytes, over the {limit:,}-byte limit for one tensor")
+        raise QuotaExceeded(_over(what, size, limit))
+
+
+def _over(what: str, size: int, limit: int) -> str:
+    return f"{what} would make {size:,} bytes, over the {limit:,}-byte limit for one tensor"
 
 
 class _Uncached(Exception):
@@ -101,10 +105,39 @@ class _Uncached(Exception):
 
 
 _SCALARS = (bool, int, float, str, torch.dtype, torch.device)
+_EXACT_SCALARS = frozenset({type(None), *_SCALARS})
 
 
 def _sig(x: Any, depth: int = 0) -> Any:
-    """What a dry run's outcome depends on (shapes, dtypes, plain values); raises _Uncached for anything else."""
+    """What a dry run's outcome depends on (shapes, dtypes, plain values); raises _Uncached for anything else.
+
+    Exact types are told apart with one ``type()`` (this runs for every dry run of a training loop);
+    subclasses and the rarer kinds take :func:`_sig_of`, which gives them the same signature.
+    """
+    t = type(x)
+    if t is torch.Tensor:
+        return ("T", x.shape, x.dtype)  # a torch.Size hashes and compares as the tuple it is
+    if t in _EXACT_SCALARS:
+        return (t, x)
+    if (t is list or t is tuple) and depth < 4 and len(x) <= 64:
+        items: list[Any] = []
+        for v in x:
+            tv = type(v)
+            if tv is torch.Tensor:
+                items.append(("T", v.shape, v.dtype))
+            elif tv in _EXACT_SCALARS:
+                items.append((tv, v))
+            elif tv is slice:
+                items.append(("S", v.start, v.stop, v.step))
+            else:
+                items.append(_sig(v, depth + 1))
+        return (t, tuple(items))
+    if t is dict and depth < 4 and len(x) <= 64:
+        return ("D", tuple([(k, _sig(v, depth + 1)) for k, v in x.items()]) if x else ())
+    return _sig_of(x, depth)
+
+
+def _sig_of(x: Any, depth: int) -> Any:
     if isinstance(x, torch.Tensor):
         return ("T", tuple(x.shape), x.dtype)
     if x is None or isinstance(x, _SCALARS):
@@ -112,15 +145,7 @@ def _sig(x: Any, depth: int = 0) -> Any:
     if isinstance(x, slice):
         return ("S", x.start, x.stop, x.step)
     if isinstance(x, (list, tuple)) and depth < 4 and len(x) <= 64:
-        items: list[Any] = []
-        for v in x:  # tensors and scalars inline: this runs for every dry run of a training loop
-            if isinstance(v, torch.Tensor):
-                items.append(("T", tuple(v.shape), v.dtype))
-            elif v is None or isinstance(v, _SCALARS):
-                items.append((type(v), v))
-            else:
-                items.append(_sig(v, depth + 1))
-        return (type(x), tuple(items))
+        return (type(x), tuple([_sig(v, depth + 1) for v in x]))
     if isinstance(x, dict) and depth < 4 and len(x) <= 64:
         return ("D", tuple([(k, _sig(v, depth + 1)) for k, v in x.items()]))
     raise _Uncached
@@ -175,7 +200,7 @@ def _dry(
 ) -> None:
     size = _CACHE.size(key, module, run)
     if size > limit:
-        raise QuotaExceeded(f"{what} would make {size:,} bytes, over the {limit:,}-byte limit for one tensor")
+        raise QuotaExceeded(_over(what, size, limit))
 
 
 def dry_run_call(fn: Any, path: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> None:
@@ -185,10 +210,14 @@ def dry_run_call(fn: Any, path: str, args: Sequence[Any], kwargs: Mapping[str, A
     if isinstance(fn, type) and issubclass(fn, torch.nn.Module):
         _dry((path, args, kwargs), lambda: fn(*args, **{**kwargs, "device": "meta"}), limit, path)
         return
-    meta_kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
-    if path.rsplit(".", 1)[-1] in _CREATORS:
-        meta_kwargs["device"] = "meta"
-    _dry((path, args, kwargs), lambda: fn(*[_to_meta(a) for a in args], **meta_kwargs), limit, path)
+
+    def run() -> Any:
+        meta_kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
+        if path.rsplit(".", 1)[-1] in _CREATORS:
+            meta_kwargs["device"] = "meta"
+        return fn(*[_to_meta(a) for a in args], **meta_kwargs)
+
+    _dry((path, args, kwargs), run, limit, path)
 
 
 def dry_run_method(obj: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> None:
@@ -301,7 +330,8 @@ def check_result(result: Any, limit: int, what: str) -> None:
     if result is None or type(result) is float:
         return
     if isinstance(result, torch.Tensor):
-        check_tensor_bytes(result, limit, what)
+        if (size := result.numel() * result.element_size()) > limit:
+            raise QuotaExceeded(_over(what, size, limit))
     elif isinstance(result, (list, tuple, dict)) and not isinstance(result, torch.Size):
         if count_nodes(result) > MAX_ITEMS:
             raise QuotaExceeded(f"{what} made a value of over {MAX_ITEMS:,} items (or a cycle): refused")

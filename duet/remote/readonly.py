@@ -92,6 +92,27 @@ def _inplace_position(fn: Any) -> int | None:
     return None
 
 
+_CLASS_INPLACE: dict[type, bool] = {}
+
+
+def _class_says_inplace(cls: type) -> bool:
+    known = _CLASS_INPLACE.get(cls)
+    if known is None:
+        known = any("inplace" in vars(c) for c in cls.__mro__)
+        if len(_CLASS_INPLACE) < 1024:
+            _CLASS_INPLACE[cls] = known
+    return known
+
+
+def _inplace_module(module: torch.nn.Module) -> bool:
+    """``getattr(module, "inplace", False) is True``, without the AttributeError that ``nn.Module`` raises
+    and catches for a layer that has no such flag (most): where no class defines ``inplace``, it can only
+    be an instance attribute (or a parameter, buffer or child, never ``True``)."""
+    if _class_says_inplace(type(module)):
+        return getattr(module, "inplace", False) is True
+    return module.__dict__.get("inplace", False) is True
+
+
 def _has_buffers(module: torch.nn.Module) -> bool:
     """Whether ``module.buffers()`` would yield anything (a layer without children is asked directly)."""
     if not module._modules:
@@ -112,7 +133,7 @@ def _targets(
     targets: list[Any] = []
     if obj is not None:
         if isinstance(obj, torch.nn.Module) and name == "__call__":
-            if getattr(obj, "inplace", False) is True:
+            if _inplace_module(obj):
                 targets.extend(args[:1])
             if obj.training and _has_buffers(obj):  # batch norm's running statistics
                 targets.extend(obj.buffers())

@@ -110,11 +110,28 @@ def _graph_leaves(t: torch.Tensor, limit: int = 200_000) -> list[torch.Tensor] |
         if len(seen) >= limit:
             return None
         seen.add(fn)
-        var = getattr(fn, "variable", None)
-        if isinstance(var, torch.Tensor):
-            leaves.append(var)
-        stack.extend(f for f, _ in getattr(fn, "next_functions", ()))
+        if _may_hold_variable(fn):
+            var = getattr(fn, "variable", None)
+            if isinstance(var, torch.Tensor):
+                leaves.append(var)
+        stack.extend([f for f, _ in getattr(fn, "next_functions", ())])
     return leaves
+
+
+_HOLDS_VARIABLE: dict[type, bool] = {}
+
+
+def _may_hold_variable(fn: Any) -> bool:
+    """Whether an autograd node can have a ``variable`` (AccumulateGrad does; asking every other kind of
+    node raises and catches an AttributeError inside ``getattr``). Known per node type: torch's nodes take
+    their attributes from their type, and a node with an instance dict is always asked."""
+    cls = type(fn)
+    known = _HOLDS_VARIABLE.get(cls)
+    if known is None:
+        known = hasattr(cls, "variable") or hasattr(fn, "__dict__")
+        if len(_HOLDS_VARIABLE) < 4096:
+            _HOLDS_VARIABLE[cls] = known
+    return known
 
 
 def _trainable(obj: Any) -> bool:
@@ -275,7 +292,12 @@ class Store:
 
     def get(self, oid: Any) -> Entry:
         """An op's input: :meth:`lookup`, and remembered as a source of the op's result (see the module)."""
-        entry = self.lookup(oid)
+        if not isinstance(oid, str):
+            raise ProtocolError("an object id must be a string")
+        with self._lock:
+            entry = self._entries.get(oid)
+        if entry is None:
+            raise PermissionDenied(f"no object with id {oid[:40]!r} in the owner's store")
         reads: dict[str, Entry] | None = getattr(self._reads, "entries", None)
         if reads is None or len(reads) > 10_000:  # a thread that reads and never puts keeps a bounded set
             reads = self._reads.entries = {}
@@ -319,7 +341,10 @@ class Store:
                 other.sources |= sources
 
     def _index(self, entry: Entry) -> None:
-        keys = _storages(entry.obj)
+        obj = entry.obj
+        if obj is None or type(obj) is float:
+            return
+        keys = _storages(obj)
         if keys:
             self._storage_of[entry.id] = keys
             for key in keys:
@@ -333,17 +358,14 @@ class Store:
                 if not ids:
                     del self._by_storage[key]
 
-    def _take_reads(self) -> list[Entry]:
-        reads: dict[str, Entry] = getattr(self._reads, "entries", None) or {}
-        self._reads.entries = {}
-        return list(reads.values())
-
     def put(self, oid: Any, obj: Any, tags: Iterable[str] = (), error: RemoteError | None = None) -> Entry:
         """Store a result under the id the scientist chose (never replacing an existing object)."""
         if not isinstance(oid, str) or not oid.startswith("s") or len(oid) > 40:
             raise ProtocolError("result ids are strings the scientist allocates, starting with 's'")
-        inputs = self._take_reads()
-        sources = _union([e.sources for e in inputs])
+        reads: dict[str, Entry] | None = getattr(self._reads, "entries", None)
+        self._reads.entries = {}
+        inputs = list(reads.values()) if reads else []
+        sources = inputs[0].sources if len(inputs) == 1 else _union([e.sources for e in inputs])
         meta: dict[str, Any] = _meta(obj) if error is None else {"type": None}
         size = int(meta.get("size_bytes", 0))
         q = self.quotas
@@ -361,7 +383,7 @@ class Store:
             entry = Entry(oid, obj, tags=tag_tuple, error=error, meta=meta, sources=sources)
             self._entries[oid] = entry
             self._index(entry)
-            self._scientist_bytes += entry.nbytes
+            self._scientist_bytes += size  # entry.nbytes
             self._scientist_count += 1
             self._spread(entry, inputs)
         return entry
@@ -373,7 +395,8 @@ class Store:
             if entry is None or entry.published:
                 return False
             del self._entries[oid]
-            self._unindex(oid)
+            if oid in self._storage_of:
+                self._unindex(oid)
             self._scientist_bytes -= entry.nbytes
             self._scientist_count -= 1
         return True
