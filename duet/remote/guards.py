@@ -250,8 +250,12 @@ def dry_run_module(module: Any, args: Sequence[Any], kwargs: Mapping[str, Any], 
 
 
 def warm_up() -> None:
-    """Import torch's meta decompositions now (about 2 s the first time a meta linear runs), not mid-call."""
-    _meta_size(lambda: torch.nn.functional.linear(_to_meta(torch.zeros(1, 1)), _to_meta(torch.zeros(1, 1))))
+    """Import torch's meta-device code now, not mid-call: meta decompositions (about 0.5 s the first time
+    a meta linear runs) and, through ``torch._refs`` on the first meta elementwise operator, ``torch._dynamo``
+    and sympy (about 1.5 s)."""
+    x = _to_meta(torch.zeros(1, 1))
+    _meta_size(lambda: torch.nn.functional.linear(x, x))
+    _meta_size(lambda: x + 1)
 
 
 # ---- Python values -------------------------------------------------------------------------------------------
