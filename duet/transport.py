@@ -94,6 +94,7 @@ class Channel:
         self._inbox: asyncio.Queue[Message | _Running | None] = asyncio.Queue()
         self._idle = False  # the dispatcher waits for a message and none is being handled
         self._wake = asyncio.Event()
+        self._loop = _running_loop()  # aiortc's objects may only be used on the loop they were made on
         self._low = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -172,8 +173,8 @@ class Channel:
         size = sum(len(s) for s in segments)
         if size <= self._part_size and (not ordered or not self._ordered):
             data = b"".join([_SINGLE, *segments])
-            if not self._urgent and self._dc.bufferedAmount <= HIGH_WATER:
-                self._transmit(data)  # nothing it must wait behind: no hop through the sender task
+            if not self._urgent and self._dc.bufferedAmount <= HIGH_WATER and _running_loop() is self._loop:
+                self._transmit(data)  # on the loop, behind nothing: no hop through the sender task
                 return
             if not ordered:
                 self._urgent.append(data)
@@ -393,6 +394,10 @@ class _Running:
 
     type: str
     result: Awaitable[None]
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    return asyncio._get_running_loop()
 
 
 def _reporter(progress: Progress | None) -> Progress | None:

@@ -29,6 +29,7 @@ class FakeDC:
 
     def send(self, data: bytes) -> None:
         assert isinstance(data, bytes)
+        asyncio.get_running_loop()  # aiortc's send schedules a task: only on the loop's thread
         self.sent.append(data)
         if self.peer is not None:
             asyncio.get_running_loop().call_soon(self.peer._handlers["message"], data)
@@ -99,6 +100,23 @@ def test_ordered_frames_keep_their_order_whether_sent_directly_or_in_parts() -> 
     asyncio.run(go())
     assert seen[0] == 0 and seen.index(1) < seen.index(2)
     assert sorted(seen) == [0, 1, 2, 3, 4]
+
+
+def test_a_frame_sent_from_another_thread_waits_for_the_sender_task() -> None:
+    seen: list[int] = []
+
+    async def go() -> None:
+        a, b, da, _ = _pair(lambda m: None, lambda m: seen.append(m.header["n"]))
+        await asyncio.to_thread(a.send, {"t": "o", "n": 1})  # queued: FakeDC.send raises off the loop
+        a._wake.set()  # what the next frame sent on the loop would do
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not a.closed and len(da.sent) == 1
+        await a.close(notify=False)
+        await b.close(notify=False)
+
+    asyncio.run(go())
+    assert seen == [1]
 
 
 def test_a_slow_handler_finishes_before_the_next_message_is_handled() -> None:
