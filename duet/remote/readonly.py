@@ -49,7 +49,11 @@ def _memory(t: torch.Tensor) -> int:
 
 def published_memory(published: Iterable[Any]) -> tuple[set[int], set[int]]:
     """(storage addresses of published tensors, ids of published objects and their direct items)."""
-    addresses: set[int] = set()
+    objs = list(published)
+    return _addresses(objs), _ids(objs)
+
+
+def _ids(published: list[Any]) -> set[int]:
     ids: set[int] = set()
     for obj in published:
         ids.add(id(obj))
@@ -57,14 +61,11 @@ def published_memory(published: Iterable[Any]) -> tuple[set[int], set[int]]:
             ids.update(id(v) for v in list(obj.values())[:10_000])
         elif isinstance(obj, (list, tuple)):
             ids.update(id(v) for v in obj[:10_000])
-        addresses.update(a for t in _tensors(obj) if (a := _memory(t)))
-    return addresses, ids
+    return ids
 
 
-def _touches(obj: Any, addresses: set[int], ids: set[int]) -> bool:
-    if id(obj) in ids:
-        return True
-    return any(_memory(t) in addresses for t in _tensors(obj))
+def _addresses(published: list[Any]) -> set[int]:
+    return {a for obj in published for t in _tensors(obj) if (a := _memory(t))}
 
 
 def _inplace(fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
@@ -169,11 +170,20 @@ def refuse_published_change(
     targets = _targets(fn, obj, name, path, args, kwargs or {}, allowlist)
     if not targets:
         return
-    addresses, ids = published_memory(published())
+    objs = list(published())
+    ids = _ids(objs)
     if name == "requires_grad_" and isinstance(obj, torch.Tensor):
         hit = id(obj) in ids  # the flag of a view of published data changes nothing the owner holds
-    else:
-        hit = any(_touches(t, addresses, ids) for t in targets)
+    else:  # a target is published, or shares memory with published tensors (listed only when needed)
+        addresses: set[int] | None = None
+        hit = False
+        for target in targets:
+            tensors = [] if id(target) in ids else list(_tensors(target))
+            if tensors and addresses is None:
+                addresses = _addresses(objs)
+            if id(target) in ids or (addresses is not None and any(_memory(t) in addresses for t in tensors)):
+                hit = True
+                break
     if hit:
         what = f"{type(obj).__name__}.{name}" if obj is not None else path
         raise PermissionDenied(

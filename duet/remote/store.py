@@ -181,6 +181,7 @@ class Store:
     ) -> None:
         self.quotas = quotas or Quotas()
         self._entries: dict[str, Entry] = {}
+        self._published: dict[str, Entry] = {}  # the published ones among them, in publishing order
         self._lock = threading.RLock()
         self._scientist_bytes = 0
         self._scientist_count = 0
@@ -206,6 +207,7 @@ class Store:
             if name and any(e.published and e.name == name for e in self._entries.values()):
                 raise ValueError(f"an object named {name!r} is already published: remove it first")
             self._entries[entry.id] = entry
+            self._published[entry.id] = entry
             self._index(entry)
         if self._on_publish is not None:
             self._on_publish(entry)
@@ -216,6 +218,7 @@ class Store:
         it. What the scientist computed from it stays until released."""
         entry = self.entry(key)
         with self._lock:
+            self._published.pop(entry.id, None)
             if self._entries.pop(entry.id, None) is None:
                 return
             self._unindex(entry.id)
@@ -253,7 +256,7 @@ class Store:
 
     def published(self) -> list[Entry]:
         with self._lock:
-            return [e for e in self._entries.values() if e.published]
+            return list(self._published.values())
 
     @property
     def pandas(self) -> Any:
