@@ -310,11 +310,7 @@ class _Decoder:
     def slice_(self, node: list[Any], depth: int) -> slice:
         self.arity(node, 4)
         _, start, stop, step = node
-        if not (
-            (start is None or type(start) is int)
-            and (stop is None or type(stop) is int)
-            and (step is None or type(step) is int)
-        ):
+        if {type(start), type(stop), type(step)} - _BOUND_TYPES:
             raise ProtocolError("slice bounds must be int or None")
         return slice(start, stop, step)
 
@@ -388,20 +384,15 @@ class _Decoder:
 
 
 _PLAIN = frozenset({bool, int, float, str, bytes})
+_BOUND_TYPES = frozenset({type(None), int})
 # the tags a tree may use, each to the method decoding it (one table for every decoder)
+# fmt: off
 _HANDLERS: dict[str, Callable[[_Decoder, list[Any], int], Any]] = {
-    "list": _Decoder.list_,
-    "tuple": _Decoder.tuple_,
-    "dict": _Decoder.dict_,
-    "complex": _Decoder.complex_,
-    "slice": _Decoder.slice_,
-    "ellipsis": _Decoder.ellipsis,
-    "tensor": _Decoder.tensor,
-    "dtype": _Decoder.dtype,
-    "size": _Decoder.size,
-    "device": _Decoder.device,
-    "ptr": _Decoder.ptr,
+    "list": _Decoder.list_, "tuple": _Decoder.tuple_, "dict": _Decoder.dict_, "complex": _Decoder.complex_,
+    "slice": _Decoder.slice_, "ellipsis": _Decoder.ellipsis, "tensor": _Decoder.tensor,
+    "dtype": _Decoder.dtype, "size": _Decoder.size, "device": _Decoder.device, "ptr": _Decoder.ptr,
 }
+# fmt: on
 
 
 # -------------------------------------------------------------------------------------------- describe
@@ -420,14 +411,8 @@ def describe(obj: Any, _depth: int = 0) -> dict[str, Any]:
         return _meta(cls.__name__, None, None, _SCALAR_BYTES[cls], 1)
     kind = cls.__name__
     if isinstance(obj, torch.Tensor):  # the common case, without the lists a module needs
-        numel = obj.numel()
-        return {
-            "type": kind,
-            "shape": list(obj.shape),
-            "dtype": _DTYPE_TO_NAME.get(obj.dtype) or str(obj.dtype),
-            "size_bytes": numel * obj.element_size(),
-            "numel": numel,
-        }
+        numel, dtype = obj.numel(), _DTYPE_TO_NAME.get(obj.dtype) or str(obj.dtype)
+        return _meta(kind, list(obj.shape), dtype, numel * obj.element_size(), numel)
     if isinstance(obj, torch.nn.Module):
         tensors = [*obj.parameters(), *obj.buffers()]
         dtypes = {_DTYPE_TO_NAME.get(t.dtype, str(t.dtype)) for t in tensors}
