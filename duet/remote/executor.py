@@ -120,11 +120,15 @@ class Executor:
         start = time.perf_counter()
         self._q = self._quotas or self.store.quotas
         self._last_args = ""
-        kind = op.get("k") if isinstance(op, dict) else None
-        out = op.get("o") if isinstance(op, dict) else None
-        self._path = str(op.get("p") or op.get("n") or kind)[:200] if isinstance(op, dict) else "?"
+        is_dict = isinstance(op, dict)
+        if is_dict:
+            kind, out = op.get("k"), op.get("o")
+            self._path = str(op.get("p") or op.get("n") or kind)[:200]
+        else:
+            kind = out = None
+            self._path = "?"
         try:
-            if not isinstance(op, dict) or not isinstance(kind, str):
+            if not is_dict or not isinstance(kind, str):
                 raise ProtocolError("an op must be a dict with a string kind 'k'")
             if kind == "del":
                 self._del(op)
