@@ -18,6 +18,8 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from duet.ice import widen_buffers
+
 from .procs import Child, serve_commands
 
 __all__ = ["RawRtc", "RawTcp", "LoopThread", "rtc_peer", "tcp_peer"]
@@ -82,6 +84,8 @@ def rtc_peer(conn: Any) -> None:
     pcs: list[RTCPeerConnection] = []
 
     def on_channel(dc: Any) -> None:
+        for pc in pcs:  # the socket buffers duet's transport asks for once open, so both run alike
+            widen_buffers(pc)
         count = [0, 0]
         low = asyncio.Event()
         dc.bufferedAmountLowThreshold = LOW_WATER
@@ -210,6 +214,7 @@ class RawRtc:
         self.max_message = int(found.group(1)) if found and int(found.group(1)) else 65536
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         await asyncio.wait_for(opened, 30)
+        widen_buffers(pc)  # as duet's transport does once open
         return time.perf_counter() - start
 
     def _on_message(self, data: bytes) -> None:

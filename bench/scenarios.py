@@ -56,6 +56,9 @@ def _round_trip(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]
     """A small ``get`` the owner's handler accepts; duet's channel echo (``d.ping``); bare echoes."""
     side.owner.call("publish", "small", 4)
     ptr = side.s.store["small"]
+    # a call waits in the owner's executor thread behind its one-time warm-up (guards.warm_up imports
+    # torch._dynamo once a scientist connects, seconds of CPU that slow the owner's loop meanwhile)
+    side.chain(ptr, 1)
     limits.echo(20, SMALL_BYTES)
     limits.tcp_echo(20, SMALL_BYTES)
     side.timed_gets(ptr, 20)
