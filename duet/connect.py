@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.exceptions import InvalidAccessError, InvalidStateError
+from aiortc.exceptions import InvalidStateError
 
 from . import ice
-from .errors import ConnectionError, SignalingError
+from .errors import ConnectionError, ProtocolError, SignalingError
 from .identity import Identity, fingerprint, verify
 from .signaling import codes
 from .signaling.client import SignalingClient
@@ -21,6 +21,7 @@ from .signaling.client import SignalingClient
 __all__ = ["PeerInfo", "Pending", "ice_configuration", "offer", "await_answer", "answer"]
 
 LABEL = "duet"
+_DATA_SECTION = re.compile(r"^m=application ", re.MULTILINE)
 IceServers = Sequence[str | dict[str, Any]] | None
 
 
@@ -63,6 +64,9 @@ def _signed(identity: Identity, role: str, key: str, sdp: str, name: str) -> dic
 
 
 def _checked(payload: dict[str, Any], role: str, key: str) -> tuple[str, PeerInfo]:
+    """The peer's SDP and who signed it; SignalingError unless it is complete and signed for this session."""
+    if not isinstance(payload, dict):
+        raise SignalingError(f"the peer's {role} is not an object")
     try:
         sdp, name = str(payload["sdp"]), str(payload.get("name", ""))[:100]
         vk = base64.b64decode(payload["vk"], validate=True)
@@ -96,8 +100,7 @@ async def offer(
     pc = RTCPeerConnection(ice_configuration(ice_servers))
     try:
         dc = pc.createDataChannel(LABEL, ordered=True)
-        await pc.setLocalDescription(await pc.createOffer())
-        payload = _signed(identity, "offer", key, pc.localDescription.sdp, name)
+        payload = _signed(identity, "offer", key, await _describe_local(pc, "offer"), name)
         await client.create(key, codes.seal(seal_key, "offer", payload))
     except BaseException:
         await pc.close()
@@ -149,8 +152,7 @@ async def answer(
 
     try:
         await _apply(pc, sdp, "offer")
-        await pc.setLocalDescription(await pc.createAnswer())
-        payload = _signed(identity, "answer", key, pc.localDescription.sdp, name)
+        payload = _signed(identity, "answer", key, await _describe_local(pc, "answer"), name)
         await client.post_answer(key, codes.seal(seal_key, "answer", payload))
         dc = await _wait_open(pc, opened, timeout)
     except BaseException:
@@ -159,12 +161,39 @@ async def answer(
     return pc, dc, peer
 
 
+def _why(exc: BaseException) -> str:
+    """An aiortc error as text: its type, and its message when it has one (a bare assert has none)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _describe_local(pc: RTCPeerConnection, kind: str) -> str:
+    """Create and set this side's offer or answer; its SDP. aiortc's errors become ConnectionError."""
+    try:
+        make = pc.createOffer if kind == "offer" else pc.createAnswer
+        await pc.setLocalDescription(await make())
+        return str(pc.localDescription.sdp)
+    except Exception as exc:  # noqa: BLE001 - aiortc raises ValueError, AssertionError, InvalidStateError …
+        raise ConnectionError(f"could not create this side's connection {kind}: {_why(exc)}") from exc
+
+
 async def _apply(pc: RTCPeerConnection, sdp: str, kind: str) -> None:
-    """Set the peer's description, translating aiortc's errors at the boundary."""
+    """Set the peer's description, translating aiortc's errors at the boundary.
+
+    An SDP without a data channel section, or one aiortc cannot parse or apply, is the peer's malformed
+    input: ProtocolError. (aiortc's parser raises AssertionError, AttributeError, KeyError, ValueError …
+    on malformed lines, and accepts an offer with no media at all.) A connection closed meanwhile, or in
+    the wrong state for it, is ConnectionError.
+    """
+    if not isinstance(sdp, str) or not sdp.startswith("v=0") or not _DATA_SECTION.search(sdp):
+        raise ProtocolError(
+            f"the peer's connection {kind} is not usable: it is not an SDP with a data channel section"
+        )
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
-    except (ValueError, TypeError, KeyError, InvalidStateError, InvalidAccessError) as exc:
-        raise ConnectionError(f"the peer's connection {kind} is not usable: {exc}") from exc
+    except InvalidStateError as exc:
+        raise ConnectionError(f"could not apply the peer's connection {kind}: {_why(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001 - translated at the boundary, whatever aiortc's parser raised
+        raise ProtocolError(f"the peer's connection {kind} is not usable: {_why(exc)}") from exc
 
 
 def _settle(fut: asyncio.Future[Any], value: Any) -> None:
