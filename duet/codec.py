@@ -20,10 +20,11 @@ so user data can never pose as a tag (a bare array is always a node; a bare map 
     ["device", type, index|None]      torch.device, type one of cpu, cuda, mps
     ["ptr", id]                       a reference to an object in the owner's store
 
-Tensors travel as dtype name (from the fixed table ``DTYPES``) + shape + the index of one raw,
-C-contiguous buffer. Decoding copies the bytes into a fresh tensor that owns its memory; each buffer may
-be used by one tensor only (pass one ``used`` set to every ``decode`` of the same frame), so a frame cannot
-make the receiver allocate more tensor memory than it carried. ``nn.Parameter`` travels as a tensor with
+Tensors travel as dtype name (from the fixed table ``WIRE_DTYPES``: every dtype of whole bytes, see
+:mod:`duet.remote.dtypes`) + shape + the index of one raw, C-contiguous buffer. Decoding copies the bytes
+into a fresh tensor that owns its memory; each buffer may be used by one tensor only (pass one ``used`` set
+to every ``decode`` of the same frame), so a frame cannot make the receiver allocate more tensor memory than
+it carried. ``nn.Parameter`` travels as a tensor with
 ``requires_grad``. Numpy scalars encode as Python scalars; numpy arrays, sets, ranges, functions, classes,
 modules and every other type are refused (``TypeError``). Values out of range (a 65-bit int, nesting too
 deep, a sparse or meta tensor) raise ``ValueError``. Any malformed tree raises
@@ -35,28 +36,29 @@ keys sharing one hash (16: no hash flooding with crafted tuple keys) and bool te
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import ProtocolError, QuotaExceeded
+from .remote.dtypes import DTYPES, RAW_DTYPES, WIRE_DTYPES, dtype_name
+from .remote.meta import ENCODE_MAX_DEPTH, describe
 
-__all__ = ["DTYPES", "PointerRef", "decode", "describe", "dtype_name", "encode", "encode_value"]
+__all__ = [
+    "DTYPES",
+    "RAW_DTYPES",
+    "WIRE_DTYPES",
+    "PointerRef",
+    "decode",
+    "describe",
+    "dtype_name",
+    "encode",
+    "encode_value",
+]
 
-_DTYPE_NAMES = (
-    "bool uint8 int8 int16 int32 int64 uint16 uint32 uint64 "
-    "float16 bfloat16 float32 float64 complex64 complex128"
-).split()
-#: The dtypes that travel, by wire name. Built once from our own constants, never from peer text.
-DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
-    {n: d for n in _DTYPE_NAMES if isinstance(d := getattr(torch, n, None), torch.dtype)}
-)
-_DTYPE_TO_NAME = {d: n for n, d in DTYPES.items()}
 _DEVICE_TYPES = frozenset({"cpu", "cuda", "mps"})
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 _MAX_DIM = 2**62
@@ -64,7 +66,6 @@ _MAX_NDIM = 64
 _MAX_DEVICE_INDEX = 1023
 _MAX_PTR_ID = 256
 _MAX_KEY_COLLISIONS = 16
-ENCODE_MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -72,14 +73,6 @@ class PointerRef:
     """A reference to an object in the owner's store."""
 
     id: str
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """The wire name of a dtype (``"float32"``); ``TypeError`` if it does not travel."""
-    try:
-        return _DTYPE_TO_NAME[dtype]
-    except KeyError:
-        raise TypeError(f"tensors of dtype {dtype} cannot be sent") from None
 
 
 # ---------------------------------------------------------------------------------------------- encode
@@ -316,7 +309,7 @@ class _Decoder:
 
     def dtype(self, node: list[Any], depth: int) -> torch.dtype:
         self.arity(node, 2)
-        dtype = DTYPES.get(node[1]) if type(node[1]) is str else None
+        dtype = WIRE_DTYPES.get(node[1]) if type(node[1]) is str else None
         if dtype is None:
             raise ProtocolError(f"unknown dtype {_short(node[1])}")
         return dtype
@@ -393,45 +386,3 @@ _HANDLERS: dict[str, Callable[[_Decoder, list[Any], int], Any]] = {
     "dtype": _Decoder.dtype, "size": _Decoder.size, "device": _Decoder.device, "ptr": _Decoder.ptr,
 }
 # fmt: on
-
-
-# -------------------------------------------------------------------------------------------- describe
-
-_SCALAR_BYTES = {type(None): 0, bool: 1, int: 8, float: 8, complex: 16}
-
-
-def describe(obj: Any, _depth: int = 0) -> dict[str, Any]:
-    """Metadata for the pandas views: type, shape, dtype, size_bytes, numel (elements a release reveals).
-
-    A tensor reveals its numel, a scalar 1, a container the sum over its items (dict keys count too),
-    an ``nn.Module`` its parameters and buffers.
-    """
-    cls = type(obj)
-    if cls in _SCALAR_BYTES:  # exactly None, bool, int, float or complex (a subclass takes the long way)
-        return _meta(cls.__name__, None, None, _SCALAR_BYTES[cls], 1)
-    kind = cls.__name__
-    if isinstance(obj, torch.Tensor):  # the common case, without the lists a module needs
-        numel, dtype = obj.numel(), _DTYPE_TO_NAME.get(obj.dtype) or str(obj.dtype)
-        return _meta(kind, list(obj.shape), dtype, numel * obj.element_size(), numel)
-    if isinstance(obj, torch.nn.Module):
-        tensors = [*obj.parameters(), *obj.buffers()]
-        dtypes = {_DTYPE_TO_NAME.get(t.dtype, str(t.dtype)) for t in tensors}
-        numel, size = sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors)
-        return _meta(kind, None, dtypes.pop() if len(dtypes) == 1 else None, size, numel)
-    if isinstance(obj, torch.Size):
-        return _meta(kind, [len(obj)], None, 8 * len(obj), len(obj))
-    if isinstance(obj, (list, tuple, dict)) and _depth < ENCODE_MAX_DEPTH:
-        items = [*obj, *obj.values()] if isinstance(obj, dict) else obj
-        parts = [describe(x, _depth + 1) for x in items]
-        return _meta(
-            kind, [len(obj)], None, sum(p["size_bytes"] for p in parts), sum(p["numel"] for p in parts)
-        )
-    if isinstance(obj, (str, bytes)):
-        return _meta(kind, None, None, len(obj.encode() if isinstance(obj, str) else obj), 1)
-    return _meta(kind, None, None, _SCALAR_BYTES.get(type(obj), sys.getsizeof(obj)), 1)
-
-
-def _meta(
-    kind: str, shape: list[int] | None, dtype: str | None, size_bytes: int, numel: int
-) -> dict[str, Any]:
-    return {"type": kind, "shape": shape, "dtype": dtype, "size_bytes": size_bytes, "numel": numel}

@@ -26,6 +26,8 @@ import torch
 
 from ..codec import describe
 from ..errors import PermissionDenied, ProtocolError, QuotaExceeded, RemoteError
+from .dtypes import check_publishable
+from .storages import _graph_leaves, _storages, _storages_of_all, _trainable
 
 __all__ = ["Entry", "Store", "Quotas", "STORE_COLUMNS"]
 
@@ -88,68 +90,6 @@ class Entry:
         return f"<Entry {self.id[:8]} {self.name!r} {self.meta.get('type')} {self.meta.get('shape')} {tags}>"
 
 
-def _storages(obj: Any) -> set[int]:
-    """The storages (by address) whose bytes make up a tensor or a module's parameters and buffers."""
-    if isinstance(obj, torch.Tensor):
-        return _storages_of_all([obj])
-    if isinstance(obj, torch.nn.Module):
-        return _storages_of_all([*obj.parameters(), *obj.buffers()])
-    return set()
-
-
-def _graph_leaves(t: torch.Tensor, limit: int = 200_000) -> list[torch.Tensor] | None:
-    """The leaf tensors of ``t``'s autograd graph (where ``backward`` accumulates gradients); None for a
-    graph of more than ``limit`` nodes."""
-    leaves: list[torch.Tensor] = []
-    seen: set[Any] = set()
-    stack = [t.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        if len(seen) >= limit:
-            return None
-        seen.add(fn)
-        if _may_hold_variable(fn):
-            var = getattr(fn, "variable", None)
-            if isinstance(var, torch.Tensor):
-                leaves.append(var)
-        stack.extend([f for f, _ in getattr(fn, "next_functions", ())])
-    return leaves
-
-
-_HOLDS_VARIABLE: dict[type, bool] = {}
-
-
-def _may_hold_variable(fn: Any) -> bool:
-    """Whether an autograd node can have a ``variable`` (AccumulateGrad does; asking every other kind of
-    node raises and catches an AttributeError inside ``getattr``). Known per node type: torch's nodes take
-    their attributes from their type, and a node with an instance dict is always asked."""
-    cls = type(fn)
-    known = _HOLDS_VARIABLE.get(cls)
-    if known is None:
-        known = hasattr(cls, "variable") or hasattr(fn, "__dict__")
-        if len(_HOLDS_VARIABLE) < 4096:
-            _HOLDS_VARIABLE[cls] = known
-    return known
-
-
-def _trainable(obj: Any) -> bool:
-    return isinstance(obj, torch.nn.Module) or (isinstance(obj, torch.Tensor) and obj.requires_grad)
-
-
-def _storages_of_all(tensors: Iterable[torch.Tensor]) -> set[int]:
-    keys = set()
-    for t in tensors:
-        try:
-            ptr = t.untyped_storage().data_ptr()
-        except (RuntimeError, NotImplementedError):  # no storage to alias (meta, sparse...)
-            continue
-        if ptr:
-            keys.add(ptr)
-    return keys
-
-
 def _union(sets: list[frozenset[str]]) -> frozenset[str]:
     """The union of the inputs' sources; shared as it is when only one input has any (they never change
     in place: an entry's sources grow by replacement)."""
@@ -197,6 +137,7 @@ class Store:
         """Make ``obj`` visible to the scientist (metadata only) under ``name`` and ``tags``."""
         if isinstance(tags, str):
             tags = [tags]
+        check_publishable(obj)
         meta = _meta(obj)
         tag_tuple = tuple(dict.fromkeys(str(t) for t in tags))  # in the owner's order, each once
         oid = "p" + secrets.token_hex(8)
