@@ -8,6 +8,9 @@ Everything here runs *before* a call (or right after it, before its result is st
   forward is dry-run the same way through ``torch.func.functional_call`` with meta parameters. A call with
   no meta kernel (data-dependent shapes: ``nonzero``, ``unique`` …) is left to the real call, whose result
   is checked before it is stored.
+- **Compute.** The same dry run counts the call's floating-point operations (:mod:`duet.remote.flops`), and a
+  call whose count is over what ``Quotas.call_seconds`` allows at ``FLOPS_PER_SECOND`` is refused before it
+  runs. Bytes and FLOP are cached together by call signature, so a repeated shape costs a dict lookup.
 - **Items.** Python values (lists, dicts, strings, ints) have no meta device; the calls that make them
   large (``tolist``, ``split``/``unbind``/``chunk``, sequence concatenation, ``List(tensor)``) are checked
   against ``MAX_ITEMS`` from their operands' sizes first, and every result's node count (shared and cyclic
@@ -25,9 +28,12 @@ from typing import Any
 import torch
 
 from ..errors import QuotaExceeded
+from . import flops
 from .allowlist import OPTIMIZERS, RUNTIME, SCHEDULERS
+from .flops import DEFAULT_CALL_SECONDS, FLOPS_PER_SECOND, check_flops
 
 __all__ = [
+    "FLOPS_PER_SECOND",
     "MAX_INT_BITS",
     "MAX_ITEMS",
     "check_items_before",
@@ -159,22 +165,33 @@ def _meta_size(run: Callable[[], Any]) -> int:
         return 0
 
 
+def _measure(run: Callable[[], Any]) -> tuple[int, int]:
+    """The bytes a dry run's result holds and the FLOP it counted (what it counted before any failure)."""
+    counter = flops.Counter()
+    try:
+        with torch.no_grad(), counter:
+            result = run()
+        return _size_of(result), counter.flops
+    except Exception:  # noqa: BLE001 - the counting mode may fail where the meta kernel alone would not
+        return _meta_size(run), counter.flops
+
+
 class _DryRunCache:
-    """Bytes a dry run found, by call signature: a training loop repeats the same shapes every batch."""
+    """Bytes and FLOP a dry run found, by call signature: a training loop repeats the same shapes."""
 
     def __init__(self, size: int = 4096) -> None:
-        self._sizes: dict[Any, int] = {}
-        self._modules: weakref.WeakKeyDictionary[torch.nn.Module, dict[Any, int]] = (
+        self._sizes: dict[Any, tuple[int, int]] = {}
+        self._modules: weakref.WeakKeyDictionary[torch.nn.Module, dict[Any, tuple[int, int]]] = (
             weakref.WeakKeyDictionary()
         )
         self._size = size
         self._lock = threading.Lock()
 
-    def size(self, key: Any, module: torch.nn.Module | None, run: Callable[[], Any]) -> int:
+    def size(self, key: Any, module: torch.nn.Module | None, run: Callable[[], Any]) -> tuple[int, int]:
         try:
             sig = _sig(key)
         except _Uncached:
-            return _meta_size(run)
+            return _measure(run)
         with self._lock:
             if module is None:
                 table = self._sizes
@@ -184,7 +201,7 @@ class _DryRunCache:
                 table = self._modules[module] = {}
             size = table.get(sig)
         if size is None:
-            size = _meta_size(run)
+            size = _measure(run)
             with self._lock:
                 table[sig] = size
                 if len(table) > self._size:
@@ -196,19 +213,35 @@ _CACHE = _DryRunCache()
 
 
 def _dry(
-    key: Any, run: Callable[[], Any], limit: int, what: str, module: torch.nn.Module | None = None
+    key: Any,
+    run: Callable[[], Any],
+    limit: int,
+    seconds: float,
+    what: str,
+    module: torch.nn.Module | None = None,
 ) -> None:
-    size = _CACHE.size(key, module, run)
+    size, count = _CACHE.size(key, module, run)
     if size > limit:
         raise QuotaExceeded(_over(what, size, limit))
+    if count:
+        check_flops(count, seconds, what)
 
 
-def dry_run_call(fn: Any, path: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> None:
-    """Refuse a function call or constructor whose result would be over ``limit`` bytes."""
+def dry_run_call(
+    fn: Any,
+    path: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    limit: int,
+    call_seconds: float = DEFAULT_CALL_SECONDS,
+) -> None:
+    """Refuse a function call or constructor whose result would be over ``limit`` bytes, or whose counted
+    FLOP would take over ``call_seconds`` (see :mod:`duet.remote.flops`)."""
     if path in _NO_DRY_RUN_PATHS:
         return
     if isinstance(fn, type) and issubclass(fn, torch.nn.Module):
-        _dry((path, args, kwargs), lambda: fn(*args, **{**kwargs, "device": "meta"}), limit, path)
+        meta = {**kwargs, "device": "meta"}
+        _dry((path, args, kwargs), lambda: fn(*args, **meta), limit, call_seconds, path)
         return
 
     def run() -> Any:
@@ -217,11 +250,18 @@ def dry_run_call(fn: Any, path: str, args: Sequence[Any], kwargs: Mapping[str, A
             meta_kwargs["device"] = "meta"
         return fn(*[_to_meta(a) for a in args], **meta_kwargs)
 
-    _dry((path, args, kwargs), run, limit, path)
+    _dry((path, args, kwargs), run, limit, call_seconds, path)
 
 
-def dry_run_method(obj: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> None:
-    """Refuse a tensor method (or operator) whose result would be over ``limit`` bytes."""
+def dry_run_method(
+    obj: Any,
+    name: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    limit: int,
+    call_seconds: float = DEFAULT_CALL_SECONDS,
+) -> None:
+    """Refuse a tensor method (or operator) over ``limit`` bytes or ``call_seconds`` of counted FLOP."""
     if not isinstance(obj, torch.Tensor) or name in _NO_DRY_RUN_METHODS:
         return
     fn = getattr(torch.Tensor, name, None)
@@ -232,11 +272,18 @@ def dry_run_method(obj: Any, name: str, args: Sequence[Any], kwargs: Mapping[str
         meta_kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
         return fn(_to_meta(obj), *(_to_meta(a) for a in args), **meta_kwargs)
 
-    _dry((name, obj, args, kwargs), run, limit, f"Tensor.{name}")
+    _dry((name, obj, args, kwargs), run, limit, call_seconds, f"Tensor.{name}")
 
 
-def dry_run_module(module: Any, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> None:
-    """Refuse a module's forward whose output would be over ``limit`` bytes (run with meta parameters)."""
+def dry_run_module(
+    module: Any,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    limit: int,
+    call_seconds: float = DEFAULT_CALL_SECONDS,
+) -> None:
+    """Refuse a module's forward (run with meta parameters) whose output would be over ``limit`` bytes,
+    or whose counted FLOP would take over ``call_seconds``."""
     if not isinstance(module, torch.nn.Module) or type(module).forward is torch.nn.Module.forward:
         return
 
@@ -246,16 +293,18 @@ def dry_run_module(module: Any, args: Sequence[Any], kwargs: Mapping[str, Any], 
         meta_kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
         return torch.func.functional_call(module, state, meta_args, meta_kwargs)
 
-    _dry((module.training, args, kwargs), run, limit, f"{type(module).__name__}.__call__", module)
+    what = f"{type(module).__name__}.__call__"
+    _dry((module.training, args, kwargs), run, limit, call_seconds, what, module)
 
 
 def warm_up() -> None:
     """Import torch's meta-device code now, not mid-call: meta decompositions (about 0.5 s the first time
     a meta linear runs) and, through ``torch._refs`` on the first meta elementwise operator, ``torch._dynamo``
-    and sympy (about 1.5 s)."""
+    and sympy (about 1.5 s); and the FLOP counter's code (about 1.5 s the first time it counts)."""
     x = _to_meta(torch.zeros(1, 1))
     _meta_size(lambda: torch.nn.functional.linear(x, x))
     _meta_size(lambda: x + 1)
+    flops.warm_up()
 
 
 # ---- Python values -------------------------------------------------------------------------------------------
