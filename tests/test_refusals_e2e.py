@@ -252,6 +252,25 @@ def test_a_100_gb_allocation_is_refused_before_it_is_made(pair: tuple[Peer, duet
     assert ask(owner, "d.store.scientist_bytes") < 20 << 20  # a and b, nothing huge
 
 
+def test_a_call_that_would_run_for_minutes_is_refused_before_it_runs(pair: tuple[Peer, duet.Duet]) -> None:
+    owner, d = pair
+    held = ask(owner, "d.store.scientist_bytes")
+    a = d.torch.rand(16000, 16000)  # 1 GiB, under the tensor quota; a @ a is 8 TFLOP, minutes on one core
+    assert a.shape == (16000, 16000)
+    start = time.perf_counter()
+    with pytest.raises(
+        duet.QuotaExceeded, match=r"__matmul__ would compute about 8,192 GFLOP, over the 3,000"
+    ):
+        _ = (a @ a).shape
+    took = time.perf_counter() - start
+    print(f"\nthe 8 TFLOP matmul was refused in {took:.2f} s")
+    assert took < 5  # a round trip and a dry run, not the matmul
+    assert ask(owner, "d.store.scientist_bytes") <= held + (1 << 30) + 1000  # a, and no result
+    assert get(a[:2, :2] @ a[:2, :2]).shape == (2, 2)  # the session serves the next call at once
+    assert ask(owner, 'd.store["ages"].tolist()') == AGES
+    del a
+
+
 def set_quotas(owner: Peer, **changes: Any) -> None:
     args = ", ".join(f"{k}={v!r}" for k, v in changes.items())
     owner.run(f"d.store.quotas = dataclasses.replace(d.store.quotas, {args})")
