@@ -223,7 +223,7 @@ def _dry(
     size, count = _CACHE.size(key, module, run)
     if size > limit:
         raise QuotaExceeded(_over(what, size, limit))
-    if count:
+    if count > seconds * FLOPS_PER_SECOND:
         check_flops(count, seconds, what)
 
 
