@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from . import codec, loop
 from .errors import DuetError, PermissionDenied, ProtocolError, QuotaExceeded
 from .progress import transfer_bar
-from .remote import guards
+from .remote import guards, tables
 from .remote.allowlist import Allowlist
 from .remote.executor import Executor
 from .remote.store import Entry, Quotas, Store
@@ -76,6 +76,7 @@ class OwnerService:
         )
         self.executor = Executor(self.store, allowlist)
         self.log = self.executor.log
+        self._welcome = tables.welcome(self.executor.allowlist)  # describes the allowlist (see tables)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="duet-exec")
         self._waiting: dict[str, list[_Waiter]] = {}
         self._requests_made = 0
@@ -137,7 +138,7 @@ class OwnerService:
 
     def _on_hello(self, msg: Message) -> None:
         if not self._approve_join:
-            msg.reply({"t": "welcome"})
+            msg.reply(self._welcome)
             return
         if self._join_request is None:
             req = Request(kind="join", reason="asks to join the session", requester=self._requester())
@@ -301,7 +302,7 @@ class OwnerService:
         if req.status == "accepted":
             self._approved.set()
             for waiter in waiting:
-                waiter.reply({"t": "welcome"})
+                waiter.reply(self._welcome)
             return
         why = f"{req.status}: {req.deny_reason}" if req.deny_reason else req.status
         refusal = error_header(PermissionDenied(f"the owner did not let you join ({why})"))

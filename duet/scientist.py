@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .remote.client import Remote, RequestHandle
 from .remote.pointer import Pointer, RemoteNamespace, RemotePython
 from .remote.store import STORE_COLUMNS
+from .remote.tables import from_welcome
 
 if TYPE_CHECKING:
     from .transport import Channel, Message
@@ -97,3 +98,8 @@ class ScientistService:
 
     def handlers(self) -> dict[str, Callable[[Message], Any]]:
         return {"failed": self.remote.on_failed}
+
+    def welcomed(self, header: dict[str, Any]) -> None:
+        """The owner let us in: check calls early against the allowlist its welcome describes (its
+        extensions included), or the default one if it describes none or describes it badly."""
+        self.remote.tables = from_welcome(header)

@@ -226,6 +226,7 @@ class Duet:
             await self.channel.close("join refused or not approved in time")
             raise
         assert self._scientist is not None
+        self._scientist.welcomed(reply.header)
         self._own(periodic_release(self._scientist.remote, self._stop))
         try:  # how many objects the owner has published, for repr(d) (d.store keeps it up to date)
             listing = await self.channel.request({"t": "store"}, timeout=10)

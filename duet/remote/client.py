@@ -22,63 +22,22 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import codec, loop
-from ..errors import (
-    ConnectionError,
-    DuetError,
-    PermissionDenied,
-    ProtocolError,
-    QuotaExceeded,
-    RemoteError,
-    RequestDenied,
-    RequestTimeout,
-)
+from ..errors import ConnectionError, ProtocolError, RemoteError
 from ..progress import transfer_bar
 from .allowlist import DEFAULT_ALLOWLIST
 from .handle import RequestHandle
 from .pointer import Pointer
+from .replies import raise_remote, settle
+from .tables import Tables, default_tables
 
 if TYPE_CHECKING:
     from ..transport import Channel, Message
 
 __all__ = ["Remote", "RemoteWarning", "RequestHandle", "raise_remote"]
 
-_ERRORS: dict[str, type[DuetError]] = {
-    "PermissionDenied": PermissionDenied,
-    "QuotaExceeded": QuotaExceeded,
-    "ProtocolError": ProtocolError,
-    "RequestDenied": RequestDenied,
-    "RequestTimeout": RequestTimeout,
-}
-
-
-@functools.cache
-def _prefixes() -> frozenset[str]:
-    """Every dotted path on the default allowlist and its parents (``torch.nn`` for ``torch.nn.Linear``)."""
-    paths = [p for family in DEFAULT_ALLOWLIST.tables()["functions"].values() for p in family]
-    return frozenset(p.rsplit(".", i)[0] for p in paths for i in range(p.count(".") + 1))
-
-
-@functools.cache
-def _property_names() -> frozenset[str]:
-    return frozenset(n for names in DEFAULT_ALLOWLIST.tables()["properties"].values() for n in names)
-
-
-@functools.cache
-def _method_names() -> frozenset[str]:
-    return frozenset(n for names in DEFAULT_ALLOWLIST.tables()["methods"].values() for n in names)
-
 
 class RemoteWarning(UserWarning):
     """A remote call failed, and its result had already been dropped (``x[0] = v``, ``loss.backward()``)."""
-
-
-def raise_remote(header: dict[str, Any]) -> None:
-    """Raise the error a reply carries, as the duet class it names, else as RemoteError."""
-    kind, message = str(header.get("kind", "RemoteError")), str(header.get("message", ""))
-    cls = _ERRORS.get(kind)
-    if cls is not None:
-        raise cls(message)
-    raise RemoteError(kind, message)
 
 
 class Remote:
@@ -97,6 +56,7 @@ class Remote:
         self._dropped: collections.deque[RemoteError] = collections.deque(maxlen=100)
         self.refused: collections.deque[RemoteError] = collections.deque(maxlen=1000)
         self.ops_sent = 0
+        self.tables: Tables = default_tables()  # the owner's, once its welcome has described them
 
     # ---- ids, encoding, queueing -------------------------------------------------------------------
 
@@ -220,11 +180,10 @@ class Remote:
     # ---- local checks (the owner checks again: these only fail early) ---------------------------------
 
     def check_path(self, path: str) -> None:
-        if path not in _prefixes():
-            raise PermissionDenied(f"{path} is not on the allowlist")
+        self.tables.check_path(path)
 
     def is_context(self, path: str) -> bool:
-        return DEFAULT_ALLOWLIST.is_context(path)
+        return self.tables.is_context(path)
 
     def check_python_type(self, name: str) -> None:
         DEFAULT_ALLOWLIST.python_type(name)
@@ -238,11 +197,11 @@ class Remote:
         return None
 
     def is_property(self, ptr: Pointer, name: str) -> bool:
-        """Whether ``ptr.name`` reads an attribute (a property, a module's layer or weight) or names a method."""
-        props, methods = _property_names(), _method_names()
-        if name in props and name in methods:  # "values": a Tuple's property, a Dict's method
-            return ptr._duet_metadata("type").get("type") not in ("dict", "OrderedDict")
-        return name in props or name not in methods
+        """Whether ``ptr.name`` reads an attribute (a property, a module's layer or weight) or names a method,
+        by the owner's tables; PermissionDenied for a tensor's name that neither allows (see Tables)."""
+        meta = ptr._duet_meta
+        known = meta.get("type") if meta else None
+        return self.tables.is_property(name, known, lambda: ptr._duet_metadata("type").get("type"))
 
     # ---- blocking calls --------------------------------------------------------------------------------
 
@@ -311,7 +270,7 @@ class Remote:
             self._flush()
             try:
                 reply = await self._channel_of().request(header, timeout=wait)
-                self._settle(handle, reply, strict=False, warn=False)  # its status says so, not a warning
+                settle(handle, reply, strict=False, warn=False)  # its status says so, not a warning
             except Exception as exc:  # noqa: BLE001 - kept on the handle, raised by wait()
                 handle._settle("failed", error=exc)
 
@@ -346,47 +305,7 @@ class Remote:
         reply = self._request_sync(
             header, timeout=wait if wait is not None else 10 * 365 * 86400, progress=bar
         )
-        return self._settle(handle, reply, strict=strict or not request_block, blocking=request_block)
-
-    def _settle(
-        self, handle: RequestHandle, reply: Message, *, strict: bool, blocking: bool = True, warn: bool = True
-    ) -> Any:
-        """The reply to a request, onto its handle; for ``get``, the value (or a raise or warning)."""
-        h = reply.header
-        if h.get("t") == "error":
-            try:
-                raise_remote(h)
-            except DuetError as exc:
-                handle._settle("failed", error=exc)
-                raise
-        status = h.get("status")
-        if status == "accepted":
-            value = codec.decode(h.get("v"), reply.buffers)
-            handle._settle("accepted", value)
-            return value
-        reason = str(h.get("reason", ""))[:500]
-        if status == "denied":
-            handle._settle("denied", reason=reason)
-            if not blocking:
-                raise PermissionDenied(
-                    f"no grant for this value{': ' + reason if reason else ''}: "
-                    "call .get(request_block=True, ...) to ask the owner"
-                )
-            if strict:
-                raise RequestDenied(f"request {handle.name!r} was denied{': ' + reason if reason else ''}")
-            if warn:
-                warnings.warn(
-                    f"request {handle.name!r} was denied{': ' + reason if reason else ''}", stacklevel=4
-                )
-            return None
-        if status == "expired":
-            handle._settle("expired", reason=reason)
-            if strict:
-                raise RequestTimeout(f"request {handle.name!r} was not decided in time")
-            if warn:
-                warnings.warn(f"request {handle.name!r} was not decided in time (expired)", stacklevel=4)
-            return None
-        raise ProtocolError(f"unexpected request status {status!r}")
+        return settle(handle, reply, strict=strict or not request_block, blocking=request_block)
 
     # ---- notices from the owner ------------------------------------------------------------------------
 

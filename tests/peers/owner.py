@@ -5,6 +5,7 @@ Test-only commands beyond the session's own: ``exec CODE`` runs statements and `
 and whatever earlier code defined); ``wait SECONDS EXPR`` blocks until EXPR is true, re-checked on every
 event of the request queue (no polling), and prints ``WAITED True|False``; ``relaunch`` closes the session
 and launches a new one with the same options in this process (prints ``SESSION <id>``).
+``--extend-allowlist JSON`` launches with ``DEFAULT_ALLOWLIST.extend(**JSON)``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 import duet
+from duet.remote.allowlist import DEFAULT_ALLOWLIST
 
 
 def say(*parts: object) -> None:
@@ -33,7 +35,11 @@ def main() -> None:
     ap.add_argument("--db", default=None)
     ap.add_argument("--name", default="hospital")
     ap.add_argument("--loopback", action="store_true")
+    ap.add_argument("--extend-allowlist", default=None, help="JSON keyword arguments of Allowlist.extend()")
     args = ap.parse_args()
+    allowlist = (
+        DEFAULT_ALLOWLIST.extend(**json.loads(args.extend_allowlist)) if args.extend_allowlist else None
+    )
     changed = threading.Condition()
 
     def on_queue_event(_event: str, _req: Any) -> None:
@@ -48,6 +54,7 @@ def main() -> None:
             loopback=args.loopback,
             approve_join=args.approve_join,
             db_path=args.db,
+            allowlist=allowlist,
         )
         d.requests.add_listener(on_queue_event)
         ns["d"] = d
