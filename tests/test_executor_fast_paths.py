@@ -263,3 +263,51 @@ def test_warm_up_imports_what_the_first_elementwise_dry_run_needs() -> None:
         "assert 'torch._dynamo' in sys.modules, 'the first meta add would import torch._dynamo'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_argument_shortcut_decodes_as_the_codec_does() -> None:
+    from duet.remote.executor import Executor
+    from duet.remote.store import Quotas, Store
+
+    s = Store(Quotas())
+    ex = Executor(s)
+    x = s.publish(torch.ones(2), name="x", tags=("#t",))
+    trees = [
+        ["list", 1, 2.5, None, True, "a", b"b", ["ptr", x.id]],
+        ["list"],
+        ["dict", "dim", 1, "keepdim", False, "other", ["ptr", x.id]],
+        ["dict", "a", 1, "a", 2],
+        ["dict", 1, 2],  # a non-str key: the codec's way
+        ["dict", "a"],  # odd: the codec's ProtocolError
+        ["list", ["ptr", ""]],
+        ["list", ["ptr", 5]],
+        ["list", ["ptr", x.id, 1]],
+        ["list", ["slice", 0, 1, None], ["tuple", 1]],
+        ["list", *range(2000)],
+        ["dict", *[f"k{i}" if j == 0 else i for i in range(9) for j in range(2)]],
+        ["list", ["ptr", "s-unknown"]],
+    ]
+    for tree in trees:
+        tags: set[str] = set()
+        try:
+            want: object = codec.decode(tree, [], make_pointer=lambda ref: s.lookup(ref).obj)
+        except Exception as exc:  # noqa: BLE001
+            want = type(exc)
+        try:
+            got: object = ex._decode(tree, [], tags)
+        except Exception as exc:  # noqa: BLE001
+            got = type(exc)
+        assert type(got) is type(want) and repr(got) == repr(want), tree
+        if "ptr" in repr(tree) and x.id in repr(tree) and not isinstance(got, type):
+            assert tags == {"#t"}
+
+
+def test_release_many_frees_scientist_objects_only() -> None:
+    from duet.remote.store import Store
+
+    s = Store()
+    x = s.publish(torch.ones(3), name="x")
+    s.put("s1", torch.ones(4))
+    s.put("s2", torch.ones(5))
+    assert s.release_many(["s1", x.id, "s9", 7, "s1"]) == 1
+    assert s.scientist_objects == 1 and s.scientist_bytes == 20 and s.holds(x.id)

@@ -50,6 +50,27 @@ _NO_KWARGS = ["dict"]  # an empty dict's tree
 Handler = Callable[[dict[str, Any], Sequence[Any]], tuple[Any, set[str]]]
 
 
+_MAX_FAST = 1025  # items of an argument list decoded without the codec (the codec's limits never bind)
+_FAST_DICT = frozenset({3, 5, 7, 9, 11, 13, 15, 17})  # a dict node of 1..8 pairs (never 16 keys of one hash)
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+
+
+def _flat(node: list[Any]) -> list[Any] | None:
+    """The items of a list or dict node if each is a scalar or a well-formed pointer node, else None (the
+    codec then decodes it, with its checks and errors)."""
+    items = node[1:]
+    for x in items:
+        if type(x) not in _SCALARS and not (
+            type(x) is list and len(x) == 2 and x[0] == "ptr" and type(x[1]) is str and 0 < len(x[1]) <= 256
+        ):
+            return None
+    return items
+
+
+def _pairs(items: list[Any]) -> zip[tuple[Any, Any]]:
+    return zip(items[::2], items[1::2], strict=True)
+
+
 class _Inherited(Exception):
     """An op used the result of an op that failed: it fails the same way, and is not reported again."""
 
@@ -215,6 +236,15 @@ class Executor:
         return buffers[b[0] : b[0] + b[1]]
 
     def _decode(self, tree: Any, bufs: Sequence[Any], tags: set[str]) -> Any:
+        if type(tree) is list and len(tree) <= _MAX_FAST and tree and tree[0] == "list":
+            items = _flat(tree)
+            if items is not None:  # scalars and pointers only: what codec.decode gives, resolved in order
+                return [x if type(x) is not list else self._ref(x[1], tags) for x in items]
+        elif type(tree) is list and len(tree) in _FAST_DICT and tree[0] == "dict":
+            items = _flat(tree)
+            if items is not None and all(type(k) is str for k in items[::2]):
+                return {k: v if type(v) is not list else self._ref(v[1], tags) for k, v in _pairs(items)}
+
         def resolve(oid: str) -> Any:
             entry = self.store.get(oid)
             if entry.error is not None:
@@ -243,6 +273,13 @@ class Executor:
             raise ProtocolError("arguments must be a list and keyword arguments a dict with string keys")
         self._last_args = ArgKinds(args, kwargs)
         return args, kwargs
+
+    def _ref(self, oid: str, tags: set[str]) -> Any:
+        entry = self.store.get(oid)
+        if entry.error is not None:
+            raise _Inherited(entry.error)
+        tags.update(entry.tags)
+        return entry.obj
 
     def _self(self, op: dict[str, Any], tags: set[str]) -> Any:
         entry = self.store.get(op.get("s"))
@@ -364,5 +401,4 @@ class Executor:
         ids = op.get("ids")
         if not isinstance(ids, list) or len(ids) > _MAX_IDS:
             raise ProtocolError(f"a del op needs a list of at most {_MAX_IDS} ids")
-        for oid in ids:
-            self.store.release(oid)  # unknown and published ids are ignored
+        self.store.release_many(ids)  # unknown and published ids are ignored

@@ -26,7 +26,7 @@ import torch
 
 from ..codec import describe
 from ..errors import PermissionDenied, ProtocolError, QuotaExceeded, RemoteError
-from .dtypes import check_publishable
+from .dtypes import DTYPE_TO_NAME, check_publishable
 from .storages import _graph_leaves, _storages, _storages_of_all, _trainable
 
 __all__ = ["Entry", "Store", "Quotas", "STORE_COLUMNS"]
@@ -100,6 +100,16 @@ def _union(sets: list[frozenset[str]]) -> frozenset[str]:
 
 
 def _meta(obj: Any) -> dict[str, Any]:
+    if type(obj) is torch.Tensor:  # what describe gives (with requires_grad), without its type walk
+        numel, dtype = obj.numel(), obj.dtype
+        return {
+            "type": "Tensor",
+            "shape": list(obj.shape),
+            "dtype": DTYPE_TO_NAME.get(dtype) or str(dtype),
+            "size_bytes": numel * obj.element_size(),
+            "numel": numel,
+            "requires_grad": obj.requires_grad,
+        }
     meta = describe(obj)  # a fresh dict
     if isinstance(obj, torch.Tensor):
         meta["requires_grad"] = bool(obj.requires_grad)
@@ -288,6 +298,19 @@ class Store:
         obj = entry.obj
         if obj is None or type(obj) is float:
             return
+        if type(obj) is torch.Tensor:  # _storages(obj), without the set of one
+            try:
+                ptr = obj.untyped_storage().data_ptr()
+            except (RuntimeError, NotImplementedError):
+                return
+            if ptr:
+                self._storage_of[entry.id] = {ptr}
+                ids = self._by_storage.get(ptr)
+                if ids is None:
+                    self._by_storage[ptr] = {entry.id}
+                else:
+                    ids.add(entry.id)
+            return
         keys = _storages(obj)
         if keys:
             self._storage_of[entry.id] = keys
@@ -335,14 +358,22 @@ class Store:
     def release(self, oid: Any) -> bool:
         """Free an object the scientist made (published objects are never freed this way)."""
         with self._lock:
-            entry = self._entries.get(oid) if isinstance(oid, str) else None
-            if entry is None or entry.published:
-                return False
-            del self._entries[oid]
-            if oid in self._storage_of:
-                self._unindex(oid)
-            self._scientist_bytes -= entry.nbytes
-            self._scientist_count -= 1
+            return self._release(oid)
+
+    def release_many(self, oids: Iterable[Any]) -> int:
+        """:meth:`release` each id (under one lock); returns how many were freed."""
+        with self._lock:
+            return sum([self._release(oid) for oid in oids])
+
+    def _release(self, oid: Any) -> bool:
+        entry = self._entries.get(oid) if isinstance(oid, str) else None
+        if entry is None or entry.published:
+            return False
+        del self._entries[oid]
+        if oid in self._storage_of:
+            self._unindex(oid)
+        self._scientist_bytes -= entry.nbytes
+        self._scientist_count -= 1
         return True
 
     def release_all_scientist(self) -> None:
