@@ -945,6 +945,10 @@ d = duet.launch_duet(allowlist=mine)
 d.close()
 ```
 
+The owner's welcome message describes its tables to the scientist's client (see docs/protocol.md), so
+with this owner `d.torch.special.erf(x)` and `x.erfinv()` work on the scientist's side; a scientist of a
+default owner gets `PermissionDenied` for them before anything is sent.
+
 Additions land in the family "owner additions" and go through the same review as the built-in tables:
 an entry that is private, not under `torch.`, or covered by the NEVER tables below raises `RuntimeError`
 when the allowlist is built. The NEVER tables are a safety net, not the rule: what is not listed above
