@@ -248,8 +248,7 @@ class Store:
         """An op's input: :meth:`lookup`, and remembered as a source of the op's result (see the module)."""
         if not isinstance(oid, str):
             raise ProtocolError("an object id must be a string")
-        with self._lock:
-            entry = self._entries.get(oid)
+        entry = self._entries.get(oid)  # one dict read is atomic: no lock needed to see an entry or none
         if entry is None:
             raise PermissionDenied(f"no object with id {oid[:40]!r} in the owner's store")
         reads: dict[str, Entry] | None = getattr(self._reads, "entries", None)
@@ -331,8 +330,11 @@ class Store:
             raise ProtocolError("result ids are strings the scientist allocates, starting with 's'")
         reads: dict[str, Entry] | None = getattr(self._reads, "entries", None)
         self._reads.entries = {}
-        inputs = list(reads.values()) if reads else []
-        sources = inputs[0].sources if len(inputs) == 1 else _union([e.sources for e in inputs])
+        if reads:
+            inputs = list(reads.values())
+            sources = inputs[0].sources if len(inputs) == 1 else _union([e.sources for e in inputs])
+        else:
+            inputs, sources = [], frozenset()
         meta: dict[str, Any] = _meta(obj) if error is None else {"type": None}
         size = int(meta.get("size_bytes", 0))
         q = self.quotas
@@ -347,12 +349,13 @@ class Store:
                     f"({self._scientist_bytes} held, {size} more asked)"
                 )
             tag_tuple = tuple(sorted(set(tags))) if tags else ()
-            entry = Entry(oid, obj, tags=tag_tuple, error=error, meta=meta, sources=sources)
+            entry = Entry(oid, obj, "", tag_tuple, "", False, error, meta, sources, time.time())
             self._entries[oid] = entry
             self._index(entry)
             self._scientist_bytes += size  # entry.nbytes
             self._scientist_count += 1
-            self._spread(entry, inputs)
+            if sources:
+                self._spread(entry, inputs)
         return entry
 
     def release(self, oid: Any) -> bool:
