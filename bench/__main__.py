@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["DUET_CONFIG_DIR"] = config_dir
         os.environ.pop("DUET_SIGNALING_URL", None)
         os.environ["OMP_NUM_THREADS"] = str(cfg.torch_threads)  # read by torch when it is first imported
+        os.environ["DUET_PROGRESS_BYTES"] = str(1 << 62)  # no progress bars: they would cost time and spam
         try:
+            from duet import progress
+
+            progress.set_threshold(1 << 62)  # in case duet.progress was imported before the variable was set
             from .scenarios import run_all
 
             results = run_all(cfg, _say)
