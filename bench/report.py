@@ -137,7 +137,7 @@ def build_rows(cfg: Config, res: dict[str, Any]) -> list[Row]:
     ep = res["epoch"]
     add(
         "epoch",
-        f"one epoch, small CNN, digits ({ep['samples']} samples, batch {ep['batch_size']})",
+        f"one epoch, demo CNN, digits ({ep['samples']} samples, batch {ep['batch_size']})",
         ep["duet_seconds"],
         "s",
         {"same loop, local": ep["local_seconds"]},

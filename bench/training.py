@@ -1,4 +1,5 @@
-"""The training scenario: one epoch of a small CNN on scikit-learn's digits, locally and over duet."""
+"""The training scenario: one epoch of the CNN `make demo` trains (duet.demo.DigitsCNN;
+notebook 03 trains the same with a wider hidden layer) on scikit-learn's digits, locally and over duet."""
 
 from __future__ import annotations
 
@@ -8,27 +9,11 @@ from typing import Any
 import torch
 
 import duet
+from duet.demo import DigitsCNN
 
 from .owner import HANDLER_NAME
 
-__all__ = ["DigitsNet", "run_epoch", "digits", "local_epoch", "duet_epoch"]
-
-
-class DigitsNet(duet.Module):
-    """Two 3x3 convolutions and a linear layer: 8x8 digit images in, log-probabilities of 10 classes out."""
-
-    def __init__(self, torch_ref: Any) -> None:
-        super().__init__(torch_ref)
-        self.conv1 = self.torch_ref.nn.Conv2d(1, 8, 3)
-        self.conv2 = self.torch_ref.nn.Conv2d(8, 16, 3)
-        self.fc = self.torch_ref.nn.Linear(16 * 4 * 4, 10)
-
-    def forward(self, x: Any) -> Any:
-        f = self.torch_ref.nn.functional
-        x = f.relu(self.conv1(x))
-        x = f.relu(self.conv2(x))
-        x = self.torch_ref.flatten(x, 1)
-        return f.log_softmax(self.fc(x), dim=1)
+__all__ = ["run_epoch", "digits", "local_epoch", "duet_epoch"]
 
 
 def run_epoch(model: Any, th: Any, x: Any, y: Any, n: int, batch: int) -> Any:
@@ -56,7 +41,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 def local_epoch(x: torch.Tensor, y: torch.Tensor, n: int, batch: int) -> tuple[float, float]:
     """Seconds for one local epoch of a fresh model, and its summed loss."""
     torch.manual_seed(0)
-    model = DigitsNet(torch)
+    model = DigitsCNN(torch)
     start = time.perf_counter()
     loss = float(run_epoch(model, torch, x, y, n, batch))
     return time.perf_counter() - start, loss
@@ -66,7 +51,7 @@ def duet_epoch(s: duet.Duet, x: Any, y: Any, n: int, batch: int) -> tuple[float,
     """The same over duet, the data being the owner's: a fresh model is sent first (not timed); the clock
     runs from the first call to the ``get`` of the summed loss, which waits for every call of the epoch."""
     torch.manual_seed(0)
-    model = DigitsNet(torch).send(s)
+    model = DigitsCNN(torch).send(s)
     len(model.parameters())  # a blocking call: the model is on the owner before the clock starts
     start = time.perf_counter()
     result = run_epoch(model, s.torch, x, y, n, batch)
