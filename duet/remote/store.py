@@ -271,6 +271,13 @@ class Store:
         if not sources:
             return
         keys: Iterable[int] = self._storage_of.get(result.id, ())
+        if result.obj is not None or result.error is not None:
+            by_storage = self._by_storage
+            for key in keys:
+                if len(by_storage.get(key, ())) > 1:
+                    break
+            else:  # no other entry shares the result's storage: nothing to give sources to
+                return
         touched: set[str] = set()
         if result.obj is None and result.error is None:
             keys = set(keys)
