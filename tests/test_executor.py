@@ -353,13 +353,24 @@ def test_store_and_object_quotas() -> None:
 
 def test_call_time_quota_drops_the_result() -> None:
     o = Owner()
-    # a 1000x1000 float64 matmul is 2 GFLOP: tens of milliseconds even on a fast core, never under 1 ms
-    a = o.call("torch.rand", 1000, 1000, dtype=torch.float64)
-    o.ex.quotas = Quotas(call_seconds=0.001)  # made under the default limit; the matmuls run under this one
-    slow = o.call("torch.matmul", o.call("torch.matmul", a, a), a)
+    # sorting 1M float64 takes ~0.1 s even on a fast core, never under 1 ms (and the FLOP guard does not
+    # count a sort: only the check after the call can catch it)
+    a = o.call("torch.rand", 1_000_000, dtype=torch.float64)
+    o.ex.quotas = Quotas(call_seconds=0.001)  # made under the default limit; the sort runs under this one
+    slow = o.call("torch.sort", a)
     err = refused(o, slow, "QuotaExceeded", "limit for one call")
-    assert "torch.matmul ran" in err.remote_message
-    assert o.store.scientist_bytes < 2 * 1000 * 1000 * 8  # the refused results are not kept
+    assert "torch.sort ran" in err.remote_message
+    assert o.store.scientist_bytes <= 1_000_000 * 8  # only the input: the refused result is not kept
+
+
+def test_call_seconds_sets_the_flop_bound_too() -> None:
+    o = Owner()
+    a = o.call("torch.rand", 2000, 2000)  # a @ a is 16 GFLOP: refused at 0.1 s (5 GFLOP), admitted at 1 s
+    o.ex.quotas = Quotas(call_seconds=0.1)
+    err = refused(o, o.call("torch.matmul", a, a), "QuotaExceeded", "GFLOP")
+    assert "torch.matmul" in err.remote_message
+    o.ex.quotas = Quotas(call_seconds=1.0)
+    assert o.value(o.call("torch.matmul", a, a)).shape == (2000, 2000)
 
 
 # ---- Python values ------------------------------------------------------------------------------------------

@@ -304,7 +304,7 @@ class Executor:
         readonly.refuse_published_change(
             self.allowlist, self._published, fn=fn, path=path, args=args, kwargs=kwargs
         )
-        guards.dry_run_call(fn, path, args, kwargs, self._q.tensor_bytes)
+        guards.dry_run_call(fn, path, args, kwargs, self._q.tensor_bytes, self._q.call_seconds)
         result = self._timed(path, lambda: self.allowlist.call_function(path, args, kwargs))
         return result, tags
 
@@ -321,11 +321,11 @@ class Executor:
             self.allowlist, self._published, obj=obj, name=name, args=args, kwargs=kwargs
         )
         guards.check_items_before(obj, name, args, kwargs)
-        limit = self._q.tensor_bytes
+        limit, seconds = self._q.tensor_bytes, self._q.call_seconds
         if name == "__call__":
-            guards.dry_run_module(obj, args, kwargs, limit)
+            guards.dry_run_module(obj, args, kwargs, limit, seconds)
         else:
-            guards.dry_run_method(obj, name, args, kwargs, limit)
+            guards.dry_run_method(obj, name, args, kwargs, limit, seconds)
         result = self._timed(path, lambda: self.allowlist.call_method(obj, name, args, kwargs))
         if name == "requires_grad_" and isinstance(obj, torch.Tensor):  # the metadata the scientist reads
             self.store.get(op.get("s")).meta["requires_grad"] = obj.requires_grad
