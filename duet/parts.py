@@ -73,11 +73,13 @@ class Outgoing:
 
 
 class Reassembly:
-    """The frames arriving in parts: at most :data:`MAX_PARTIAL` at once, none over ``max_frame`` bytes."""
+    """The frames arriving in parts: at most :data:`MAX_PARTIAL` at once, none over ``max_frame`` bytes, and
+    all of them together not over ``max_frame`` bytes either (so interleaved frames cannot multiply it)."""
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._max_frame = max_frame
         self._partial: dict[int, bytearray] = {}
+        self._held = 0  # bytes in all the frames being reassembled
 
     def __len__(self) -> int:
         return len(self._partial)
@@ -87,18 +89,30 @@ class Reassembly:
         it). Raises ProtocolError, forgetting the frame, on a part that breaks the limits or the order."""
         if flags & _FIRST:
             if stream in self._partial or len(self._partial) >= MAX_PARTIAL:
-                self._partial.pop(stream, None)
+                self._forget(stream)
                 raise ProtocolError("too many interleaved frames, or a frame restarted")
+            if self._held + len(body) > self._max_frame:
+                raise ProtocolError(f"frames in parts holding more than {self._max_frame} bytes together")
             self._partial[stream] = bytearray(body)
+            self._held += len(body)
             return len(body), None
         buf = self._partial.get(stream)
         if buf is None:
             raise ProtocolError("a frame part with no start")
         if len(buf) + len(body) > self._max_frame:
-            del self._partial[stream]
+            self._forget(stream)
             raise ProtocolError(f"a frame larger than {self._max_frame} bytes")
+        if self._held + len(body) > self._max_frame:
+            self._forget(stream)
+            raise ProtocolError(f"frames in parts holding more than {self._max_frame} bytes together")
         buf += body
+        self._held += len(body)
         if flags & _LAST:
-            del self._partial[stream]
+            self._forget(stream)
             return len(buf), memoryview(buf)
         return len(buf), None
+
+    def _forget(self, stream: int) -> None:
+        buf = self._partial.pop(stream, None)
+        if buf is not None:
+            self._held -= len(buf)

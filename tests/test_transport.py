@@ -172,6 +172,20 @@ def test_reassembly_bounds_what_a_peer_can_make_us_hold() -> None:
     assert done == 3 and frame is not None and bytes(frame) == b"xyz"
 
 
+def test_interleaved_frames_cannot_hold_more_than_one_frame_together() -> None:
+    r = parts.Reassembly(max_frame=3000)
+    r.add(parts._FIRST, 1, memoryview(b"a" * 1500))
+    r.add(parts._FIRST, 2, memoryview(b"b" * 1000))
+    with pytest.raises(ProtocolError, match="together"):  # a third start would take the total past 3000
+        r.add(parts._FIRST, 3, memoryview(b"c" * 600))
+    with pytest.raises(ProtocolError, match="together"):  # so would a part of one already started
+        r.add(0, 2, memoryview(b"b" * 600))
+    assert len(r) == 1  # the frame that overflowed is forgotten, and its bytes with it
+    done, frame = r.add(parts._LAST, 1, memoryview(b"a" * 1500))  # room again: 1500 + 1500
+    assert done == 3000 and frame is not None
+    r.add(parts._FIRST, 4, memoryview(b"d" * 3000))  # everything completed or forgotten is given back
+
+
 def test_a_malformed_part_is_dropped_and_reported() -> None:
     async def go() -> list[bytes]:
         a, b, _, db = _pair(lambda m: None, lambda m: None)
