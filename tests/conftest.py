@@ -8,10 +8,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+import duet
 from duet import loop
 from duet.signaling.server import start_server
 
@@ -118,3 +120,23 @@ def owner_process(signaling_url: str) -> Iterator[Peer]:
     peer.session_id = peer.expect("SESSION", 60)[1]  # type: ignore[attr-defined]
     yield peer
     peer.close()
+
+
+@contextmanager
+def owner_and_scientist(
+    signaling_url: str, *setup: str, name: str, owner_args: tuple[str, ...] = ()
+) -> Iterator[tuple[Peer, duet.Duet]]:
+    """An owner in another process with ``setup`` code run in its namespace, and this process joined to it as
+    the scientist ``name``; both connected on entry, both closed on exit."""
+    owner = Peer("owner.py", "--url", signaling_url, *owner_args)
+    try:
+        session_id = owner.expect("SESSION", 60)[1]
+        for code in setup:
+            owner.run(code)
+        d = duet.join_duet(session_id, signaling_url=signaling_url, name=name)
+        owner.send("wait-peer")
+        owner.expect("CONNECTED")
+        yield owner, d
+        d.close()
+    finally:
+        owner.close()

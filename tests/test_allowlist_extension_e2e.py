@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Peer
+from conftest import Peer, owner_and_scientist
 
 import duet
 
@@ -41,18 +41,11 @@ def close(a: Any, b: Any) -> bool:
 
 @pytest.fixture(scope="module")
 def extended(signaling_url: str) -> Iterator[tuple[Peer, duet.Duet]]:
-    owner = Peer("owner.py", "--url", signaling_url, "--extend-allowlist", json.dumps(EXTENSION))
-    try:
-        session_id = owner.expect("SESSION", 60)[1]
-        owner.run(f"VALUES = {VALUES!r}")
-        owner.run(SETUP)
-        d = duet.join_duet(session_id, signaling_url=signaling_url, name="alice")
-        owner.send("wait-peer")
-        owner.expect("CONNECTED")
-        yield owner, d
-        d.close()
-    finally:
-        owner.close()
+    extend = ("--extend-allowlist", json.dumps(EXTENSION))
+    with owner_and_scientist(
+        signaling_url, f"VALUES = {VALUES!r}", SETUP, name="alice", owner_args=extend
+    ) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Peer
+from conftest import Peer, owner_and_scientist
 
 import duet
 from duet import codec, loop
@@ -47,18 +47,10 @@ def ask(owner: Peer, expr: str, timeout: float = 30) -> Any:
 
 @pytest.fixture(scope="module")
 def pair(signaling_url: str) -> Iterator[tuple[Peer, duet.Duet]]:
-    owner = Peer("owner.py", "--url", signaling_url)
-    try:
-        session_id = owner.expect("SESSION", 60)[1]
-        owner.run(f"AGES = {AGES!r}\nimport dataclasses")
-        owner.run(SETUP)
-        d = duet.join_duet(session_id, signaling_url=signaling_url, name="mallory")
-        owner.send("wait-peer")
-        owner.expect("CONNECTED")
-        yield owner, d
-        d.close()
-    finally:
-        owner.close()
+    with owner_and_scientist(
+        signaling_url, f"AGES = {AGES!r}\nimport dataclasses", SETUP, name="mallory"
+    ) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Peer
+from conftest import Peer, owner_and_scientist
 
 import duet
 from duet import codec
@@ -39,18 +39,8 @@ def ask(owner: Peer, expr: str, timeout: float = 30) -> Any:
 
 @pytest.fixture(scope="module")
 def pair(signaling_url: str) -> Iterator[tuple[Peer, duet.Duet]]:
-    owner = Peer("owner.py", "--url", signaling_url)
-    try:
-        session_id = owner.expect("SESSION", 60)[1]
-        owner.run(f"AGES = {AGES!r}")
-        owner.run(SETUP)
-        d = duet.join_duet(session_id, signaling_url=signaling_url, name="alice")
-        owner.send("wait-peer")
-        owner.expect("CONNECTED")
-        yield owner, d
-        d.close()
-    finally:
-        owner.close()
+    with owner_and_scientist(signaling_url, f"AGES = {AGES!r}", SETUP, name="alice") as pair:
+        yield pair
 
 
 def get(ptr: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Peer
+from conftest import Peer, owner_and_scientist
 
 import duet
 import duet as sy
@@ -59,18 +59,8 @@ def the_images() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def pair(signaling_url: str) -> Iterator[tuple[Peer, duet.Duet]]:
-    owner = Peer("owner.py", "--url", signaling_url)
-    try:
-        session_id = owner.expect("SESSION", 60)[1]
-        owner.run(IMAGES)
-        owner.run(DIGITS)
-        d = duet.join_duet(session_id, signaling_url=signaling_url, name="scientist")
-        owner.send("wait-peer")
-        owner.expect("CONNECTED")
-        yield owner, d
-        d.close()
-    finally:
-        owner.close()
+    with owner_and_scientist(signaling_url, IMAGES, DIGITS, name="scientist") as pair:
+        yield pair
 
 
 def ask(owner: Peer, expr: str, timeout: float = 30) -> Any:
