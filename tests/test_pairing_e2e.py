@@ -112,20 +112,19 @@ def test_wrong_and_mistyped_ids_fail_fast(signaling_url: str) -> None:
 def test_expired_id_fails_fast() -> None:
     from duet.signaling.server import start_server
 
-    runner, port = loop.run(start_server("127.0.0.1", 0, ttl=0.5), timeout=10)
+    now = [1000.0]  # the server's clock, moved by hand: the ID expires without waiting for it
+    runner, port = loop.run(start_server("127.0.0.1", 0, ttl=60, clock=lambda: now[0]), timeout=10)
     url = f"http://127.0.0.1:{port}"
     try:
         sid = new_session_id()
 
-        async def create_and_let_expire() -> None:
-            import asyncio
-
+        async def create() -> None:
             client = SignalingClient(url)
             await client.create(lookup_key(sid), "x" * 40)
             await client.close()
-            await asyncio.sleep(1.0)
 
-        loop.run(create_and_let_expire(), timeout=10)
+        loop.run(create(), timeout=10)
+        now[0] += 61
         start = time.monotonic()
         with pytest.raises(duet.SignalingError, match="expired"):
             duet.join_duet(sid, signaling_url=url, timeout=20)
