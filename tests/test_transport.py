@@ -121,6 +121,7 @@ def test_a_frame_sent_from_another_thread_waits_for_the_sender_task() -> None:
 
 def test_a_slow_handler_finishes_before_the_next_message_is_handled() -> None:
     log: list[str] = []
+    handled: dict[int, asyncio.Event] = {}
 
     def handler(m: Message) -> Any:
         n = m.header["n"]
@@ -128,22 +129,24 @@ def test_a_slow_handler_finishes_before_the_next_message_is_handled() -> None:
 
             async def slow() -> None:
                 log.append("start 0")
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # the handler's own slowness, which the next messages must wait out
                 log.append("end 0")
 
             return slow()
         if n == 1:
             raise ValueError("a handler bug")
         log.append(f"handle {n}")
+        handled[n].set()
         return None
 
     async def go() -> None:
+        handled.update({n: asyncio.Event() for n in (2, 3, 4)})
         a, b, _, _ = _pair(lambda m: None, handler)
         for n in range(4):
             a.send({"t": "o", "n": n})
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(handled[3].wait(), 5)
         a.send({"t": "o", "n": 4})  # the dispatcher is idle again: handled as it arrives
-        await asyncio.sleep(0.01)
+        await asyncio.wait_for(handled[4].wait(), 5)
         await a.close(notify=False)
         await b.close(notify=False)
 
