@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import connect, loop
+from . import connect, loop, tuning
 from .errors import RequestTimeout, SignalingError
 from .session import Duet
 from .signaling import codes
@@ -99,4 +99,5 @@ def join_duet(
     except BaseException:
         d._set_status("closed")
         raise
+    tuning.freeze_long_lived()  # once per process: see duet.tuning
     return d

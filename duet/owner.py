@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import codec, loop
+from . import codec, loop, tuning
 from .errors import DuetError, PermissionDenied, ProtocolError, QuotaExceeded
 from .progress import transfer_bar
 from .remote import guards, tables
@@ -30,6 +30,13 @@ MAX_WAITERS = 64  # messages that may wait on one request (identical requests sh
 MAX_TIMEOUT = 7 * 86400.0  # the longest a request may wait for the owner
 CLOSE_AFTER_REFUSAL = 1.0  # seconds a refused scientist has to read the refusal before the owner hangs up
 _DECLINE = "no handler grants it (use request_block=True to ask the owner)"
+
+
+def _warm_up() -> None:
+    """(executor thread) Import what the guards need, then take the long-lived objects out of the
+    garbage collector's way (see :mod:`duet.tuning`)."""
+    guards.warm_up()
+    tuning.freeze_long_lived()
 
 
 def error_header(exc: BaseException) -> dict[str, Any]:
@@ -106,7 +113,7 @@ class OwnerService:
         It is that thread (not a daemon one) so that a process exiting meanwhile waits for it instead of
         aborting inside torch."""
         self._own(self._expiry())
-        self._pool.submit(guards.warm_up)
+        self._pool.submit(_warm_up)
 
     def _own(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

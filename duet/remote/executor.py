@@ -329,6 +329,8 @@ class Executor:
         result = self._timed(path, lambda: self.allowlist.call_method(obj, name, args, kwargs))
         if name == "requires_grad_" and isinstance(obj, torch.Tensor):  # the metadata the scientist reads
             self.store.get(op.get("s")).meta["requires_grad"] = obj.requires_grad
+        elif name in guards.RETYPING and isinstance(obj, torch.nn.Module):
+            guards.forget_module(obj)
         return result, tags
 
     def _attr(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[Any, set[str]]:

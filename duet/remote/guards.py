@@ -44,6 +44,9 @@ __all__ = [
     "check_tensor_bytes",
     "count_nodes",
     "dry_run_module",
+    "forget_module",
+    "module_structure",
+    "RETYPING",
     "warm_up",
 ]
 
@@ -176,14 +179,88 @@ def _measure(run: Callable[[], Any]) -> tuple[int, int]:
         return _meta_size(run), counter.flops
 
 
+_HOOKS = frozenset(
+    {
+        "_backward_pre_hooks",
+        "_backward_hooks",
+        "_forward_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+        "_forward_pre_hooks",
+        "_forward_pre_hooks_with_kwargs",
+        "_state_dict_hooks",
+        "_state_dict_pre_hooks",
+        "_load_state_dict_pre_hooks",
+        "_load_state_dict_post_hooks",
+    }
+)
+_FORWARD_HOOKS = ("_forward_hooks", "_forward_pre_hooks")
+_PLAIN = frozenset({type(None), bool, int, float, str, torch.dtype, torch.device})
+_MAX_STRUCTURE = 256  # modules in one structure signature
+
+
+def _plain(v: Any, depth: int = 0) -> Any:
+    """A hashable stand-in for a module attribute a forward may read; raises _Uncached for anything else."""
+    t = type(v)
+    if t in _PLAIN:
+        return (t, v)
+    if (t is tuple or t is list) and depth < 3 and len(v) <= 16:
+        return (t, tuple([_plain(x, depth + 1) for x in v]))
+    if t is type(_plain) or t is type(len):  # a module-level function (TransformerEncoderLayer.activation)
+        return (t, v)  # by identity: the same function object
+    raise _Uncached
+
+
+def _structure(module: torch.nn.Module, count: list[int]) -> Any:
+    """What a module's forward depends on besides its inputs: its type, mode and plain attributes, its
+    parameters' and buffers' shapes and dtypes, and its children's structures; raises _Uncached for a
+    module with hooks or an attribute that is not a plain value."""
+    count[0] += 1
+    if count[0] > _MAX_STRUCTURE:
+        raise _Uncached
+    attrs = []
+    for k, v in module.__dict__.items():
+        if k in _HOOKS:
+            if v and k in _FORWARD_HOOKS:
+                raise _Uncached
+            continue
+        if k == "_parameters" or k == "_buffers":
+            attrs.append(
+                (k, tuple([(n, None if t is None else (type(t), t.shape, t.dtype)) for n, t in v.items()]))
+            )
+        elif k == "_modules":
+            attrs.append((k, tuple([(n, None if c is None else _structure(c, count)) for n, c in v.items()])))
+        elif k == "_non_persistent_buffers_set":
+            attrs.append((k, tuple(sorted(v))))
+        else:
+            attrs.append((k, _plain(v)))
+    return (type(module), tuple(attrs))
+
+
+def module_structure(module: torch.nn.Module) -> Any:
+    """A hashable signature two modules share only if their forwards make the same shapes from the same
+    inputs (see :func:`_structure`), or None."""
+    try:
+        key = _structure(module, [0])
+        hash(key)
+        return key
+    except (_Uncached, TypeError, RuntimeError, ValueError):  # unhashable, or lazy (uninitialised) params
+        return None
+
+
 class _DryRunCache:
-    """Bytes and FLOP a dry run found, by call signature: a training loop repeats the same shapes."""
+    """Bytes and FLOP a dry run found, by call signature: a training loop repeats the same shapes.
+
+    A module's results are kept per module (its forward reads the module), and also by the module's
+    structure (:func:`module_structure`): a model sent again, or a layer repeated in a network, finds what
+    a module of the same structure found, without a dry run of its own."""
 
     def __init__(self, size: int = 4096) -> None:
         self._sizes: dict[Any, tuple[int, int]] = {}
         self._modules: weakref.WeakKeyDictionary[torch.nn.Module, dict[Any, tuple[int, int]]] = (
             weakref.WeakKeyDictionary()
         )
+        self._shared: dict[Any, tuple[int, int]] = {}
         self._size = size
         self._lock = threading.Lock()
 
@@ -200,16 +277,40 @@ class _DryRunCache:
             else:
                 table = self._modules[module] = {}
             size = table.get(sig)
+        if size is not None:
+            return size
+        shared = None
+        if module is not None and (structure := module_structure(module)) is not None:
+            shared = (structure, sig)
+            with self._lock:
+                size = self._shared.get(shared)
         if size is None:
             size = _measure(run)
-            with self._lock:
-                table[sig] = size
-                if len(table) > self._size:
-                    table.pop(next(iter(table)))
+        with self._lock:
+            self._put(table, sig, size)
+            if shared is not None:
+                self._put(self._shared, shared, size)
         return size
+
+    def _put(self, table: dict[Any, tuple[int, int]], key: Any, size: tuple[int, int]) -> None:
+        table[key] = size
+        if len(table) > self._size:
+            table.pop(next(iter(table)))
+
+    def forget_modules(self) -> None:
+        """Drop what was found per module: one changed its dtype (and so may have a parent's forward). What
+        is kept by structure stays true: the structure holds the dtypes."""
+        with self._lock:
+            self._modules = weakref.WeakKeyDictionary()
 
 
 _CACHE = _DryRunCache()
+RETYPING = frozenset({"cpu", "double", "float", "half", "to"})  # module methods that change its dtype
+
+
+def forget_module(module: torch.nn.Module) -> None:
+    """Call after a module's dtype or device changed: its cached dry runs (and its parents') are stale."""
+    _CACHE.forget_modules()
 
 
 def _dry(
