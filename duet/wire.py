@@ -17,11 +17,17 @@ buffers (tensor storage), so a large tensor is never re-encoded or copied into t
 ``unpack`` checks magic, version and every length against the data and the limits *before* it decodes
 anything, and raises only :class:`~duet.errors.ProtocolError` on bad input. The header decodes to
 primitives only: no msgpack extension types, string map keys, bounded size.
+
+Flags: bit 0 (:data:`FLAG_ZLIB`) says the header is zlib-compressed; ``header_len`` is then its compressed
+length. A header of :data:`COMPRESS_MIN` bytes or more is compressed (a batch of pipelined calls shrinks
+about 5x: fewer data-channel packets for both peers' pure-Python SCTP to handle). Decompression stops at
+:data:`MAX_HEADER` bytes, so a small frame cannot expand into a large one. Other flag bits are refused.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,11 +35,24 @@ import msgpack
 
 from .errors import ProtocolError
 
-__all__ = ["MAGIC", "VERSION", "MAX_HEADER", "MAX_BUFFERS", "pack", "pack_segments", "peek", "unpack"]
+__all__ = [
+    "MAGIC",
+    "VERSION",
+    "MAX_HEADER",
+    "MAX_BUFFERS",
+    "FLAG_ZLIB",
+    "COMPRESS_MIN",
+    "pack",
+    "pack_segments",
+    "peek",
+    "unpack",
+]
 
 MAGIC = b"DU"
-VERSION = 1
-MAX_HEADER = 8 * 1024 * 1024
+VERSION = 2  # 2: the zlib flag
+MAX_HEADER = 8 * 1024 * 1024  # bytes of header, decompressed
+FLAG_ZLIB = 0x01
+COMPRESS_MIN = 1024
 MAX_BUFFERS = 4096
 _FIXED = struct.Struct(">2sBBII")
 
@@ -70,9 +89,12 @@ def pack_segments(header: Any, buffers: Sequence[Buffer] = ()) -> list[Buffer]:
         raise ProtocolError(f"message cannot be encoded: {exc}") from exc
     if len(head) > MAX_HEADER:
         raise ProtocolError(f"message header too large ({len(head)} bytes)")
+    flags = 0
+    if len(head) >= COMPRESS_MIN:
+        head, flags = zlib.compress(head, 1), FLAG_ZLIB
     views = [memoryview(b).cast("B") if not isinstance(b, bytes) else b for b in buffers]
     lengths = struct.pack(f">{len(views)}Q", *(len(v) for v in views))
-    fixed = _FIXED.pack(MAGIC, VERSION, 0, len(head), len(views))
+    fixed = _FIXED.pack(MAGIC, VERSION, flags, len(head), len(views))
     return [fixed + lengths + head, *views]
 
 
@@ -89,21 +111,39 @@ def peek(start: Buffer) -> tuple[Any, int] | None:
     view = memoryview(start).cast("B")
     if len(view) < _FIXED.size:
         return None
-    magic, version, _flags, head_len, n_buf = _FIXED.unpack_from(view, 0)
+    magic, version, flags, head_len, n_buf = _FIXED.unpack_from(view, 0)
     if magic != MAGIC or version != VERSION or head_len > MAX_HEADER or n_buf > MAX_BUFFERS:
+        return None
+    if flags & ~FLAG_ZLIB:
         return None
     pos = _FIXED.size + 8 * n_buf
     if len(view) < pos + head_len:
         return None
     lengths = struct.unpack_from(f">{n_buf}Q", view, _FIXED.size)
     try:
-        header = _decode_header(view[pos : pos + head_len])
+        header = _decode_header(view[pos : pos + head_len], flags)
     except ProtocolError:
         return None
     return header, pos + head_len + sum(lengths)
 
 
-def _decode_header(data: memoryview) -> Any:
+def _inflate(data: memoryview | bytes) -> bytes:
+    """A compressed header, decompressed to at most MAX_HEADER bytes (never more, whatever it claims)."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, MAX_HEADER)
+    except zlib.error as exc:
+        raise ProtocolError(f"malformed compressed frame header: {exc}") from exc
+    if inflater.unconsumed_tail:
+        raise ProtocolError(f"compressed frame header expands beyond {MAX_HEADER} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise ProtocolError("compressed frame header is truncated or has trailing bytes")
+    return out
+
+
+def _decode_header(data: memoryview | bytes, flags: int = 0) -> Any:
+    if flags & FLAG_ZLIB:
+        data = _inflate(data)
     try:
         header = msgpack.unpackb(
             data,
@@ -131,11 +171,13 @@ def unpack(data: Buffer, *, max_size: int | None = None) -> tuple[Any, list[memo
         raise ProtocolError(f"frame of {len(view)} bytes exceeds the limit of {max_size}")
     if len(view) < _FIXED.size:
         raise ProtocolError("frame too short")
-    magic, version, _flags, head_len, n_buf = _FIXED.unpack_from(view, 0)
+    magic, version, flags, head_len, n_buf = _FIXED.unpack_from(view, 0)
     if magic != MAGIC:
         raise ProtocolError("not a duet frame (bad magic)")
     if version != VERSION:
         raise ProtocolError(f"unsupported protocol version {version} (this side speaks {VERSION})")
+    if flags & ~FLAG_ZLIB:
+        raise ProtocolError(f"unknown frame flags {flags:#04x}")
     if head_len > MAX_HEADER:
         raise ProtocolError(f"header length {head_len} exceeds {MAX_HEADER}")
     if n_buf > MAX_BUFFERS:
@@ -147,7 +189,7 @@ def unpack(data: Buffer, *, max_size: int | None = None) -> tuple[Any, list[memo
     pos += 8 * n_buf
     if pos + head_len + sum(lengths) != len(view):
         raise ProtocolError("frame lengths do not match its size")
-    header = _decode_header(view[pos : pos + head_len])
+    header = _decode_header(view[pos : pos + head_len], flags)
     pos += head_len
     buffers = []
     for n in lengths:

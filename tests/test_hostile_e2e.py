@@ -22,6 +22,21 @@ from duet import connect, loop
 from duet.session import Duet
 from duet.signaling import codes
 
+
+def on_loop(fn: Any, *args: Any) -> None:
+    """Call ``fn`` in duet's loop thread, which owns every aiortc object (never from this thread)."""
+
+    async def go() -> None:
+        fn(*args)
+
+    loop.run(go(), timeout=10)
+
+
+def send(d: Duet, header: dict[str, Any]) -> None:
+    """A frame of the hostile scientist's own making, sent as the client would send one."""
+    on_loop(d.channel.send, header)
+
+
 # the owner's notices about the bad frames and failed calls it was sent
 pytestmark = pytest.mark.filterwarnings("ignore:the peer reports", "ignore:a remote call whose result")
 
@@ -132,9 +147,9 @@ def test_forged_values_and_replies(mallory: tuple[Peer, Duet, str]) -> None:
         "message"
     ]
     for re in (1, 2**40, "x", [1], None, -1):
-        d.channel.send({**forged, "re": re})  # a "reply" to nothing the owner asked
-    d.channel.send({"t": "welcome"})
-    d.channel.send({"t": "failed", "o": ages, "kind": "X"})
+        send(d, {**forged, "re": re})  # a "reply" to nothing the owner asked
+    send(d, {"t": "welcome"})
+    send(d, {"t": "failed", "o": ages, "kind": "X"})
     assert call(d, {"t": "store"})["t"] == "store"  # the owner got past them all (frames are ordered)
     assert ask(owner, "len(d.requests.history)") == before  # nothing was decided by a forged message
 
@@ -162,7 +177,7 @@ def test_forged_decisions_leave_a_pending_request_pending(mallory: tuple[Peer, D
         assert (reply["t"], reply["kind"]) == ("error", "ProtocolError"), (header, reply)
     for header in decisions:  # and as "replies" to a request of the owner's
         for re in (0, 1, 2, rid):
-            d.channel.send({**header, "re": re})
+            send(d, {**header, "re": re})
     assert call(d, {"t": "store"})["t"] == "store"  # the owner has read every frame before this one
     # still pending on both sides; nothing decided, no value reached the scientist
     assert ask(owner, "[[r.id, r.status, r.decided_by] for r in d.requests]") == [[rid, "pending", None]]
@@ -189,7 +204,8 @@ def test_objects_never_given(mallory: tuple[Peer, Duet, str]) -> None:
             assert (reply["t"], reply["kind"]) == ("error", "PermissionDenied"), (header, reply)
             assert "no object" in reply["message"]
     # ops may not overwrite or free a published object, nor read one they were not given
-    d.channel.send(
+    send(
+        d,
         {
             "t": "ops",
             "ops": [
@@ -197,7 +213,7 @@ def test_objects_never_given(mallory: tuple[Peer, Duet, str]) -> None:
                 {"k": "del", "ids": [ages]},
                 {"k": "meth", "o": "s990001", "s": "p" + "0" * 16, "n": "sum"},
             ],
-        }
+        },
     )
     reply = call(d, {"t": "meta", "o": "s990001"})
     assert (reply["t"], reply["kind"]) == ("error", "PermissionDenied")
@@ -232,11 +248,13 @@ def test_bad_field_types(mallory: tuple[Peer, Duet, str]) -> None:
     assert (reply["t"], reply["status"]) == ("value", "denied")
     assert ask(owner, "[len(d.requests.history[-1].name), len(d.requests.history[-1].reason)]") == [200, 2000]
     for ops in ("x", [1, None, {"k": 5}], [{"k": "call", "o": "s990002", "p": 7}]):
-        d.channel.send({"t": "ops", "ops": ops})
+        send(d, {"t": "ops", "ops": ops})
     assert (
         call(d, {"t": "meta", "o": "s990002"})["kind"] == "ProtocolError"
     )  # the bad call, kept as its result
-    d.channel._dc.send(b"\x03\x00\x00\x00\x00not a frame")  # below the channel's framing: dropped, reported
+    on_loop(
+        d.channel._dc.send, b"\x03\x00\x00\x00\x00not a frame"
+    )  # below the channel's framing: dropped, reported
 
 
 def test_unknown_message_types(mallory: tuple[Peer, Duet, str]) -> None:

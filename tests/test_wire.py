@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import zlib
 
 import msgpack
 import pytest
@@ -86,7 +87,7 @@ def test_bad_magic() -> None:
         wire.unpack(raw_frame(msgpack.packb(1), magic=b"XX"))
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 1, 3, 255])
 def test_unknown_version(version: int) -> None:
     data = bytearray(wire.pack({"a": 1}))
     data[2] = version
@@ -207,3 +208,58 @@ def test_corrupted_valid_frames_raise_only_protocol_error(position: int, value: 
     data = bytearray(wire.pack({"type": "call", "args": [1, "x", [2.0, None]], "n": -5}, [b"abc", b""]))
     data[position % len(data)] = value
     check_unpack(bytes(data))
+
+
+# ---- compressed headers -------------------------------------------------------------------------------------
+
+
+def test_large_headers_travel_compressed_and_small_ones_do_not() -> None:
+    ops = [
+        {"k": "call", "p": "torch.nn.functional.relu", "a": ["list", ["ptr", f"s{i}"]], "o": f"s{i + 1}"}
+        for i in range(200)
+    ]
+    big = wire.pack({"t": "ops", "ops": ops}, [b"tensor bytes"])
+    assert big[3] == wire.FLAG_ZLIB
+    assert len(big) < len(msgpack.packb({"t": "ops", "ops": ops})) / 3
+    header, buffers = wire.unpack(big)
+    assert header == {"t": "ops", "ops": ops}
+    assert [bytes(b) for b in buffers] == [b"tensor bytes"]
+    assert wire.peek(big[:30]) is None  # the compressed header has not all arrived
+    assert wire.peek(big) == (header, len(big))
+    small = wire.pack({"t": "hb"})
+    assert small[3] == 0
+    assert wire.unpack(small)[0] == {"t": "hb"}
+
+
+def _compressed_frame(head: bytes, flags: int = wire.FLAG_ZLIB) -> bytes:
+    return FIXED.pack(b"DU", wire.VERSION, flags, len(head), 0) + head
+
+
+def test_a_compressed_header_cannot_expand_past_the_limit() -> None:
+    bomb = zlib.compress(b"\x00" * (wire.MAX_HEADER + 1), 9)  # ~8 KB that would inflate to 8 MiB + 1
+    assert len(bomb) < 20_000
+    with pytest.raises(ProtocolError, match="expands beyond"):
+        wire.unpack(_compressed_frame(bomb))
+    assert wire.peek(_compressed_frame(bomb)) is None
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"not zlib at all",
+        zlib.compress(msgpack.packb({"a": 1}))[:-3],  # truncated
+        zlib.compress(msgpack.packb({"a": 1})) + b"trailing",
+        zlib.compress(b"\xc1"),  # inflates to a byte msgpack never uses
+        zlib.compress(msgpack.packb({1: 2})),  # inflates to a map with a non-string key
+    ],
+)
+def test_bad_compressed_headers_are_protocol_errors(head: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        wire.unpack(_compressed_frame(head))
+
+
+@pytest.mark.parametrize("flags", [0x02, 0x80, 0xFF])
+def test_unknown_flags_are_refused(flags: int) -> None:
+    head = msgpack.packb({"a": 1})
+    with pytest.raises(ProtocolError, match="flags"):
+        wire.unpack(_compressed_frame(head, flags))
