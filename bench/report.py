@@ -131,7 +131,8 @@ def build_rows(cfg: Config, res: dict[str, Any]) -> list[Row]:
                 "MB/s",
                 {"aiortc": b[raw_key], "TCP": b[tcp_key]},
                 ">= 0.9x aiortc",
-                met=b[kind] >= 0.9 * b[raw_key],
+                ratio=b[f"{kind}_ratio"],
+                met=b[f"{kind}_ratio"] >= 0.9,
                 notes=[f"owner-side ms of the last send's calls: {b['owner_ms']}"] if kind == "send" else [],
             )
     ep = res["epoch"]

@@ -129,6 +129,8 @@ def _bulk(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]) -> N
             times["get"].append(_watched(side, out, "memory_get", mb, watch, side.get_tensor, ptr, size))
             times["raw_push"].append(limits.push(model_bytes))
             times["send"].append(_watched(side, out, "memory_send", mb, watch, side.send_model, model))
+        times["raw_pull"].append(limits.pull(size))  # so that every duet transfer has a bare one on each side
+        times["raw_push"].append(limits.push(model_bytes))
         owner_ms = {path: ms for path, ms, _ in side.owner.call("log_tail", 6)}  # the last send's calls
         side.owner.call("remove", f"bulk{mb}")
         tcp_pull = statistics.median(limits.tcp_pull(size) for _ in range(3))
@@ -136,15 +138,24 @@ def _bulk(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]) -> N
         bulk[mb] = {
             "raw_pull": size / MB / statistics.median(times["raw_pull"]),
             "get": size / MB / statistics.median(times["get"]),
+            "get_ratio": _paired_ratio(times["get"], times["raw_pull"]),
             "tcp_pull": size / MB / tcp_pull,
             "raw_push": model_bytes / MB / statistics.median(times["raw_push"]),
             "send": model_bytes / MB / statistics.median(times["send"]),
+            "send_ratio": _paired_ratio(times["send"], times["raw_push"]),
             "tcp_push": model_bytes / MB / tcp_push,
+            "times": times,
             "model_bytes": model_bytes,
             "owner_ms": owner_ms,
             "reps": reps,
         }
     out["bulk"] = bulk
+
+
+def _paired_ratio(duet: list[float], bare: list[float]) -> float:
+    """The median over transfers of duet's rate over the bare rate measured right before and right after
+    it (the mean of the two): each ratio compares transfers that saw the same load on the machine."""
+    return statistics.median(2 / (d / b0 + d / b1) for d, b0, b1 in zip(duet, bare, bare[1:]))
 
 
 def _watched(
