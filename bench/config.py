@@ -21,7 +21,7 @@ class Config:
     round_trips: int = 500
     pipelined_calls: int = 10_000
     bulk_mb: tuple[float, ...] = (1, 16, 64)
-    bulk_repeats: tuple[int, ...] = (5, 3, 2)  # duet transfers of each kind and size (see _bulk)
+    bulk_repeats: tuple[int, ...] = (9, 3, 2)  # duet transfers of each kind and size (see _bulk)
     epoch_repeats: int = 3  # timed epochs on each side (the median counts), after one warm-up each
     train_samples: int | None = None  # None: the whole digits set (1797 samples)
     batch_size: int = 32
