@@ -48,11 +48,13 @@ def owner_peer(conn: Any) -> None:
     def remove(name: str) -> None:
         state["d"].store.remove(name)
 
+    from .training import digits as load
+
+    data = load()  # loaded (scikit-learn imported) before any session, as an owner's notebook would
+
     def digits() -> int:
         """scikit-learn's digits as X (N, 1, 8, 8) float32 in [0, 1] and y (N,) int64."""
-        from .training import digits as load
-
-        x, y = load()
+        x, y = data
         state["d"].store.publish(x, name="digits_x")
         state["d"].store.publish(y, name="digits_y")
         return len(y)

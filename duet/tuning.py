@@ -9,8 +9,8 @@
 - **Long-lived objects out of the garbage collector's way.** Importing torch (and the meta-device code the
   owner's guards use) leaves a few hundred thousand objects that live as long as the process. Every full
   collection walks them all: 0.1-0.3 s with every thread stopped (0.25 s in the owner of a benchmark
-  epoch, about one epoch in four; 65-70 ms once they are frozen). Once the session is connected (the owner: after its guards' warm-up), duet runs one
-  full collection, so that no garbage is kept, then ``gc.freeze()`` moves what is left to the permanent
+  epoch, about one epoch in four). Once the session is connected (the owner: after its guards' warm-up),
+  duet runs one full collection, so that no garbage is kept, then ``gc.freeze()`` moves what is left to the permanent
   generation, which later collections skip. Objects made afterwards are collected as before; what was
   alive then is still freed by reference counting, only a reference *cycle* among those objects that
   becomes garbage later is not collected (call ``gc.unfreeze()`` to hand them back).

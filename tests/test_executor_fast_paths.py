@@ -4,6 +4,7 @@ checks, the allowlist's memo, the autograd walk, decoding, and the meta-device w
 from __future__ import annotations
 
 import enum
+import gc
 import subprocess
 import sys
 from collections import OrderedDict
@@ -138,6 +139,28 @@ def test_log_arguments_read_as_kind_says() -> None:
     assert str(ArgKinds(args, kwargs)) == expected
     assert str(ArgKinds([], {})) == ""
     assert str(ArgKinds([torch.zeros(1)] * 100, {})) == ", ".join(["Tensor[1]"] * 100)[:300]
+
+
+def test_log_rows_hold_nothing_the_garbage_collector_must_follow() -> None:
+    """Rows are numbers, strings and tuples of them: once collections have looked at them (a tuple is let go
+    once its items are, so one collection per level) the GC no longer tracks them; 100,000 tracked rows
+    would make every full collection walk ~400,000 more objects."""
+    log = ActivityLog()
+    args = [torch.zeros(2, 3), 1, [torch.zeros(1), 2], {"a": 1}, torch.nn.Parameter(torch.zeros(2)), None]
+    log.record(
+        0.0, "torch.cat", ArgKinds(args, {"dim": 1, "out": torch.zeros(4)}), "Tensor", [3, 4], "ok", 0.1
+    )
+    log.record(1.0, "torch.add", "Tensor[2]", "Tensor", [2], "ok", 0.5)
+    log.record(2.0, "torch.save", "", None, None, "PermissionDenied", 0.0)
+    for _ in range(3):
+        gc.collect()
+    assert [gc.is_tracked(row) for row in log._rows] == [False, False, False]
+    first = log.rows()[0]
+    assert first.args == str(ArgKinds(args, {"dim": 1, "out": torch.zeros(4)}))
+    assert first.args.startswith(
+        "Tensor[2, 3], int, list[Tensor[1],int], dict[1], Tensor[2], NoneType, dim=int"
+    )
+    assert first.result_shape == "[3, 4]"
 
 
 def test_log_rows_are_written_out_when_read() -> None:

@@ -1,8 +1,10 @@
 """The owner's activity log: every call the scientist ran, with argument kinds (never values) and status.
 
 The executor logs every op, so a row is kept raw (a tuple of the time as a float, the arguments' shapes
-and types, the result's type and shape as its metadata has them) and turned into text and datetimes only
-when the owner looks (:attr:`ActivityLog.pandas`, :meth:`ActivityLog.rows`).
+and type names, the result's type and shape) and turned into text and datetimes only when the owner looks
+(:attr:`ActivityLog.pandas`, :meth:`ActivityLog.rows`). A raw row holds only numbers, strings and tuples
+of them, so Python's garbage collector stops tracking it once collections have looked at it: 100,000 rows
+would otherwise be ~400,000 more objects for every full collection to walk.
 """
 
 from __future__ import annotations
@@ -34,35 +36,44 @@ class Row:
 
 
 class ArgKinds:
-    """A call's argument kinds, kept as shapes and types and written out as :func:`kind` would only when the
-    log is read (holding no argument: a tensor is kept as its ``torch.Size``, a container as its text)."""
+    """A call's argument kinds, kept as shapes and type names and written out as :func:`kind` would only
+    when the log is read (holding no argument: a tensor is kept as its shape, a container as its text).
+    ``raw`` is what the log keeps, one flat tuple: the number of positional arguments, their kinds, then
+    each keyword and its kind; a kind is a tuple of ints (a tensor's shape) or a string."""
 
-    __slots__ = ("_args", "_kwargs")
+    __slots__ = ("raw",)
 
     def __init__(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-        raw = []
+        raw: list[Any] = [len(args)]
         for a in args:
-            raw.append(a.shape if type(a) is torch.Tensor else _raw(a))
-        self._args = tuple(raw)
-        self._kwargs = tuple([(k, _raw(v)) for k, v in kwargs.items()]) if kwargs else ()
+            raw.append(tuple(a.shape) if type(a) is torch.Tensor else _raw(a))
+        for k, v in kwargs.items():
+            raw += (k, _raw(v))
+        self.raw: tuple[Any, ...] = tuple(raw)
 
     def __str__(self) -> str:
-        kinds = [_text(a) for a in self._args] + [f"{k}={_text(v)}" for k, v in self._kwargs]
-        return ", ".join(kinds)[:300]
+        return _kinds_text(self.raw)
 
 
-def _raw(x: Any) -> Any:
+def _raw(x: Any) -> tuple[int, ...] | str:
     if isinstance(x, torch.Tensor):
-        return x.shape
+        return tuple(x.shape)
     if isinstance(x, (list, tuple, dict)):
         return kind(x)
-    return type(x)
+    return type(x).__name__
 
 
-def _text(raw: Any) -> str:
-    if isinstance(raw, torch.Size):
-        return f"Tensor{list(raw)}"
-    return raw if isinstance(raw, str) else raw.__name__
+def _text(raw: tuple[int, ...] | str) -> str:
+    return raw if isinstance(raw, str) else f"Tensor{list(raw)}"
+
+
+def _kinds_text(raw: tuple[Any, ...]) -> str:
+    n = raw[0]
+    keywords = raw[1 + n :]
+    kinds = [_text(a) for a in raw[1 : 1 + n]] + [
+        f"{k}={_text(v)}" for k, v in zip(keywords[::2], keywords[1::2])
+    ]
+    return ", ".join(kinds)[:300]
 
 
 # time (seconds since the epoch), path, args, result type, result shape, status, duration (seconds)
@@ -100,6 +111,10 @@ class ActivityLog:
     ) -> None:
         """One row, as the executor has it: ``when`` from ``time.time()``, the result's type and shape as
         its metadata holds them (None for none), the call's duration in seconds."""
+        if type(args) is ArgKinds:
+            args = args.raw  # type: ignore[assignment]
+        if type(result_shape) is list:
+            result_shape = tuple(result_shape)
         self._rows.append((when, path, args, result_type, result_shape, status, seconds))
         self.total += 1
         self.failed += status != "ok"
@@ -127,9 +142,11 @@ def _row(raw: _Raw) -> Row:
     return Row(
         dt.datetime.fromtimestamp(when, dt.timezone.utc),
         path,
-        str(args),
+        args if type(args) is str else _kinds_text(args),
         str(result_type or ""),
-        str(result_shape if result_shape is not None else ""),
+        ""
+        if result_shape is None
+        else str(list(result_shape) if type(result_shape) is tuple else result_shape),
         status,
         round(seconds * 1000, 3),
     )
