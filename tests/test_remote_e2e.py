@@ -229,6 +229,45 @@ def test_no_grad_on_the_owner(pair: tuple[Peer, duet.Duet]) -> None:
 # ---- 4b. batching and pipelining ------------------------------------------------------------------------
 
 
+class Wide(duet.Module):
+    def __init__(self, torch_ref: Any) -> None:
+        super().__init__(torch_ref)
+        self.fc1 = self.torch_ref.nn.Linear(256, 512)
+        self.fc2 = self.torch_ref.nn.Linear(512, 4)
+
+    def forward(self, x: Any) -> Any:
+        return self.fc2(self.torch_ref.nn.functional.relu(self.fc1(x)))
+
+
+def test_a_model_send_lets_the_owner_build_the_layers_while_the_weights_travel(
+    pair: tuple[Peer, duet.Duet], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The constructors leave in a frame of their own, before the frame with the weights (which would
+    otherwise arrive whole before the owner built anything), and the weights arrive intact."""
+    _, d = pair
+    frames: list[dict[str, Any]] = []
+    real_send = d.channel.send
+
+    def spy(header: dict[str, Any], buffers: Any = (), **kw: Any) -> None:
+        frames.append(header)
+        real_send(header, buffers, **kw)
+
+    monkeypatch.setattr(d.channel, "send", spy)
+    local = Wide(torch)
+    remote = local.send(d)
+    assert len(remote.parameters()) == 4  # a blocking call: every frame of the send has left
+    monkeypatch.undo()
+    calls = [
+        [(op.get("k"), op.get("p") or op.get("n")) for op in f["ops"]] for f in frames if f["t"] == "ops"
+    ]
+    built = next(i for i, ops in enumerate(calls) if ("call", "torch.nn.Linear") in ops)
+    loaded = next(i for i, ops in enumerate(calls) if ("meth", "load_state_dict") in ops)
+    assert built < loaded
+    assert ("call", "torch.nn.Linear") not in calls[loaded]
+    x = torch.randn(3, 256)
+    assert torch.allclose(get(remote(d.torch.tensor(x.tolist()))), local(x), atol=1e-5)
+
+
 def test_training_steps_travel_as_few_frames_and_block_only_at_shape(
     pair: tuple[Peer, duet.Duet], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -117,6 +117,14 @@ class Remote:
         except ConnectionError:
             pass  # the session is over; the blocking call that follows will say so
 
+    def flush(self) -> None:
+        """Send what is queued now, and return once it is on the channel (not from the loop thread)."""
+
+        async def now() -> None:
+            self._flush()
+
+        loop.run(now(), timeout=30)
+
     def flush_soon(self) -> None:
         """Send what is queued (ops and releases) in the loop's next tick, without waiting."""
         loop.get_loop().call_soon_threadsafe(self._flush)

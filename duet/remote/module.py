@@ -157,7 +157,10 @@ class Module:
         if not self.is_local:
             raise ValueError("this model is already remote")
         remote_model = self._rebuilt(duet.torch)
-        remote_model._container().load_state_dict(self.state_dict())
+        container = remote_model._container()
+        # the layers' constructors leave now: the owner builds them while the weights are on their way
+        remote_model.torch_ref._remote.flush()
+        container.load_state_dict(self.state_dict())
         remote_model.train(self.training)
         return remote_model
 
