@@ -198,6 +198,9 @@ def _training(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]) 
         "duet_seconds": statistics.median(remote),
         "local_all": local,
         "duet_all": remote,
+        "ratio": statistics.median(
+            d / lo for d, lo in zip(remote, local)
+        ),  # each epoch over the local one before it
         "local_loss": local_loss,
         "duet_loss": duet_loss,
     }
