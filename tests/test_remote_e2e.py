@@ -229,6 +229,19 @@ def test_no_grad_on_the_owner(pair: tuple[Peer, duet.Duet]) -> None:
 # ---- 4b. batching and pipelining ------------------------------------------------------------------------
 
 
+def spy_on_frames(d: duet.Duet, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The headers of every frame the scientist sends from now on (until ``monkeypatch.undo()``)."""
+    frames: list[dict[str, Any]] = []
+    real_send = d.channel.send
+
+    def spy(header: dict[str, Any], buffers: Any = (), **kw: Any) -> None:
+        frames.append(header)
+        real_send(header, buffers, **kw)
+
+    monkeypatch.setattr(d.channel, "send", spy)
+    return frames
+
+
 class Wide(duet.Module):
     def __init__(self, torch_ref: Any) -> None:
         super().__init__(torch_ref)
@@ -245,14 +258,7 @@ def test_a_model_send_lets_the_owner_build_the_layers_while_the_weights_travel(
     """The constructors leave in a frame of their own, before the frame with the weights (which would
     otherwise arrive whole before the owner built anything), and the weights arrive intact."""
     _, d = pair
-    frames: list[dict[str, Any]] = []
-    real_send = d.channel.send
-
-    def spy(header: dict[str, Any], buffers: Any = (), **kw: Any) -> None:
-        frames.append(header)
-        real_send(header, buffers, **kw)
-
-    monkeypatch.setattr(d.channel, "send", spy)
+    frames = spy_on_frames(d, monkeypatch)
     local = Wide(torch)
     remote = local.send(d)
     assert len(remote.parameters()) == 4  # a blocking call: every frame of the send has left
@@ -278,14 +284,7 @@ def test_training_steps_travel_as_few_frames_and_block_only_at_shape(
     opt = d.torch.optim.SGD(model.parameters(), lr=0.01)
     target = d.torch.zeros(3, 1)
     assert target.shape == (3, 1)  # a round trip: everything above has reached the owner
-    frames: list[dict[str, Any]] = []
-    real_send = d.channel.send
-
-    def spy(header: dict[str, Any], buffers: Any = (), **kw: Any) -> None:
-        frames.append(header)
-        real_send(header, buffers, **kw)
-
-    monkeypatch.setattr(d.channel, "send", spy)
+    frames = spy_on_frames(d, monkeypatch)
     owner.run("mark = d.log.total")
     sent_before = d._scientist.remote.ops_sent  # type: ignore[union-attr]
     losses = []
