@@ -15,7 +15,6 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from . import tuning
 from .errors import RequestTimeout
 
 __all__ = ["get_loop", "run", "submit", "in_loop_thread"]
@@ -38,7 +37,6 @@ def get_loop() -> asyncio.AbstractEventLoop:
     global _loop, _thread
     with _lock:
         if _loop is None or _thread is None or not _thread.is_alive():
-            tuning.lower_switch_interval()  # the loop thread handles messages while other threads compute
             loop = asyncio.new_event_loop()
             ready = threading.Event()
             thread = threading.Thread(target=_serve, args=(loop, ready), name="duet-loop", daemon=True)
