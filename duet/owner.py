@@ -84,6 +84,7 @@ class OwnerService:
         self.executor = Executor(self.store, allowlist)
         self.log = self.executor.log
         self._welcome = tables.welcome(self.executor.allowlist)  # describes the allowlist (see tables)
+        self._welcome["plans"] = True  # runs plans (duet.remote.plans): the scientist's client may send them
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="duet-exec")
         self._waiting: dict[str, list[_Waiter]] = {}
         self._requests_made = 0

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .remote.client import Remote, RequestHandle
 from .remote.pointer import Pointer, RemoteNamespace, RemotePython
 from .remote.store import STORE_COLUMNS
+from .remote.planner import enabled_by_env
 from .remote.tables import from_welcome
 
 if TYPE_CHECKING:
@@ -103,3 +104,4 @@ class ScientistService:
         """The owner let us in: check calls early against the allowlist its welcome describes (its
         extensions included), or the default one if it describes none or describes it badly."""
         self.remote.tables = from_welcome(header)
+        self.remote.planner.enabled = header.get("plans") is True and enabled_by_env()

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextvars
 import functools
 import itertools
+import logging
 import threading
 import warnings
 import weakref
@@ -26,6 +27,7 @@ from ..errors import ConnectionError, ProtocolError, RemoteError
 from ..progress import transfer_bar
 from .allowlist import DEFAULT_ALLOWLIST
 from .handle import RequestHandle
+from .planner import Planner, without
 from .pointer import Pointer
 from .replies import raise_remote, settle
 from .tables import Tables, default_tables
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from ..transport import Channel, Message
 
 __all__ = ["Remote", "RemoteWarning", "RequestHandle", "raise_remote"]
+
+log = logging.getLogger("duet.remote")
 
 
 class RemoteWarning(UserWarning):
@@ -57,6 +61,8 @@ class Remote:
         self.refused: collections.deque[RemoteError] = collections.deque(maxlen=1000)
         self.ops_sent = 0
         self.tables: Tables = default_tables()  # the owner's, once its welcome has described them
+        self.planner = Planner()
+        self.planner.enabled = False  # until the owner's welcome says it runs plans
 
     # ---- ids, encoding, queueing -------------------------------------------------------------------
 
@@ -100,6 +106,9 @@ class Remote:
             self._scheduled = False
             batch = list(self._ops)
             self._ops.clear()
+            # which results still have a pointer, seen under the lock the user's thread queues ops under:
+            # an op queued after this can only use a result whose pointer is alive now
+            alive = {oid for op, _ in batch if (oid := op.get("o")) in self._live} if self.planner.enabled else set()
         ops: list[dict[str, Any]] = []
         buffers: list[Any] = []
         for op, bufs in batch:
@@ -107,6 +116,15 @@ class Remote:
                 op["b"] = [len(buffers), len(bufs)]
                 buffers.extend(bufs)
             ops.append(op)
+        if self.planner.enabled:
+            try:
+                ops, dropped = self.planner.compress(ops, alive)
+            except Exception:  # noqa: BLE001 - a planner bug must not cost the session: send the ops as they are
+                log.exception("planning a frame failed: sending ops one by one from now on")
+                self.planner.enabled = False
+            else:
+                if dropped:
+                    releases = without(releases, dropped)
         if releases:
             ops.append({"k": "del", "ids": releases})
         if not ops:

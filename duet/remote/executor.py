@@ -36,7 +36,7 @@ import torch
 
 from .. import codec
 from ..errors import DuetError, PermissionDenied, ProtocolError, QuotaExceeded, RemoteError
-from . import guards, readonly
+from . import guards, plans, readonly
 from .activity import ActivityLog, ArgKinds, kind
 from .allowlist import DEFAULT_ALLOWLIST, Allowlist
 from .store import Entry, Quotas, Store
@@ -46,6 +46,7 @@ __all__ = ["Executor", "ActivityLog", "Container"]
 _MAX_CTX = 32
 _MAX_IDS = 100_000  # ids in one "del" op
 _NO_KWARGS = ["dict"]  # an empty dict's tree
+_PLAN_KINDS = frozenset({"plan", "run"})
 
 Handler = Callable[[dict[str, Any], Sequence[Any]], tuple[Any, set[str]]]
 
@@ -104,6 +105,9 @@ class Executor:
         self._claimed = 0
         self._used: set[int] = set()
         self._last_args: str | ArgKinds = ""
+        self._path = ""
+        self._changes = False  # whether the last call's published-data check found something it changes
+        self.plans = plans.Plans(self)
         self._table: dict[str, Handler] = {
             "call": self._call,
             "meth": self._meth,
@@ -132,10 +136,39 @@ class Executor:
         with self._lock:
             self._claimed = 0  # ops take consecutive, disjoint ranges of the frame's buffers
             for op in ops:
+                if type(op) is dict and op.get("k") in _PLAN_KINDS:
+                    failures.extend(self._plan_op(op))
+                    continue
                 failed = self._run_one(op, buffers)
                 if failed is not None:
                     failures.append(failed)
         return failures
+
+    def _plan_op(self, op: dict[str, Any]) -> list[tuple[str, RemoteError]]:
+        """A plan's definition or one of its runs (see :mod:`duet.remote.plans`)."""
+        start = time.perf_counter()
+        self._q = self._quotas or self.store.quotas
+        try:
+            if op["k"] == "plan":
+                self.plans.define(op)
+                self._record("plan", f"{len(op['t'])} ops", None, "ok", start)
+                return []
+            return self.plans.run(op)
+        except plans.Refused as refused:  # a run refused as a whole: each result it keeps holds the error
+            error = self._as_remote(refused.error)
+            self._record("run", "", None, error.remote_type, start)
+            reported = ""
+            for k in refused.keep:
+                try:
+                    self.store.put(refused.outs[k], None, (), error=error)
+                except DuetError:
+                    continue
+                reported = reported or refused.outs[k]
+            return [(reported, error)]
+        except Exception as exc:  # noqa: BLE001 - a malformed definition or run, refused
+            error = self._as_remote(exc)
+            self._record(str(op.get("k")), "", None, error.remote_type, start)
+            return [("", error)]
 
     def _run_one(self, op: Any, buffers: Sequence[Any]) -> tuple[str, RemoteError] | None:
         start = time.perf_counter()
@@ -300,13 +333,22 @@ class Executor:
         fn = self.allowlist.resolve_function(path)
         tags: set[str] = set()
         args, kwargs = self._args(op, bufs, tags)
+        return self._do_call(path, fn, args, kwargs, True), tags
+
+    def _do_call(
+        self, path: str, fn: Any, args: list[Any], kwargs: dict[str, Any], dry: bool, guard: bool = True
+    ) -> Any:
+        """A call's checks and the call itself. A plan's verified run (see :mod:`duet.remote.plans`) may
+        skip the dry run (``dry``) and, where the verified run found that the call changes nothing in
+        place, the published-data check (``guard``); ``self._changes`` says what that check found."""
         self.allowlist.check_arguments(path, args, kwargs)
-        readonly.refuse_published_change(
-            self.allowlist, self._published, fn=fn, path=path, args=args, kwargs=kwargs
-        )
-        guards.dry_run_call(fn, path, args, kwargs, self._q.tensor_bytes, self._q.call_seconds)
-        result = self._timed(path, lambda: self.allowlist.call_function(path, args, kwargs))
-        return result, tags
+        if guard:
+            self._changes = readonly.refuse_published_change(
+                self.allowlist, self._published, fn=fn, path=path, args=args, kwargs=kwargs
+            )
+        if dry:
+            guards.dry_run_call(fn, path, args, kwargs, self._q.tensor_bytes, self._q.call_seconds)
+        return self._timed(path, lambda: self.allowlist.call_function(path, args, kwargs))
 
     def _meth(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[Any, set[str]]:
         tags: set[str] = set()
@@ -314,24 +356,33 @@ class Executor:
         name = op.get("n")
         if not isinstance(name, str):
             raise ProtocolError("a method call needs a name")
-        path = self._path = f"{type(obj).__name__}.{name[:100]}"
+        self._path = f"{type(obj).__name__}.{name[:100]}"
         self.allowlist.check_method(obj, name)
         args, kwargs = self._args(op, bufs, tags)
-        readonly.refuse_published_change(
-            self.allowlist, self._published, obj=obj, name=name, args=args, kwargs=kwargs
-        )
-        guards.check_items_before(obj, name, args, kwargs)
-        limit, seconds = self._q.tensor_bytes, self._q.call_seconds
-        if name == "__call__":
-            guards.dry_run_module(obj, args, kwargs, limit, seconds)
-        else:
-            guards.dry_run_method(obj, name, args, kwargs, limit, seconds)
-        result = self._timed(path, lambda: self.allowlist.call_method(obj, name, args, kwargs))
+        result = self._do_meth(obj, name, args, kwargs, True)
         if name == "requires_grad_" and isinstance(obj, torch.Tensor):  # the metadata the scientist reads
             self.store.get(op.get("s")).meta["requires_grad"] = obj.requires_grad
-        elif name in guards.RETYPING and isinstance(obj, torch.nn.Module):
-            guards.forget_module(obj)
         return result, tags
+
+    def _do_meth(
+        self, obj: Any, name: str, args: list[Any], kwargs: dict[str, Any], dry: bool, guard: bool = True
+    ) -> Any:
+        """A method call's checks (the method itself is checked already) and the call (see _do_call)."""
+        if guard:
+            self._changes = readonly.refuse_published_change(
+                self.allowlist, self._published, obj=obj, name=name, args=args, kwargs=kwargs
+            )
+        guards.check_items_before(obj, name, args, kwargs)
+        if dry:
+            limit, seconds = self._q.tensor_bytes, self._q.call_seconds
+            if name == "__call__":
+                guards.dry_run_module(obj, args, kwargs, limit, seconds)
+            else:
+                guards.dry_run_method(obj, name, args, kwargs, limit, seconds)
+        result = self._timed(self._path, lambda: self.allowlist.call_method(obj, name, args, kwargs))
+        if name in guards.RETYPING and isinstance(obj, torch.nn.Module):
+            guards.forget_module(obj)
+        return result
 
     def _attr(self, op: dict[str, Any], bufs: Sequence[Any]) -> tuple[Any, set[str]]:
         tags: set[str] = set()

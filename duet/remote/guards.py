@@ -308,9 +308,18 @@ _CACHE = _DryRunCache()
 RETYPING = frozenset({"cpu", "double", "float", "half", "to"})  # module methods that change its dtype
 
 
+_GENERATION = [0]  # counts forget_module calls: a plan's verified runs (duet.remote.plans) hold only within one
+
+
 def forget_module(module: torch.nn.Module) -> None:
     """Call after a module's dtype or device changed: its cached dry runs (and its parents') are stale."""
     _CACHE.forget_modules()
+    _GENERATION[0] += 1
+
+
+def generation() -> int:
+    """How many times cached dry runs of modules were forgotten (see :func:`forget_module`)."""
+    return _GENERATION[0]
 
 
 def _dry(

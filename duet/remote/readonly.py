@@ -164,12 +164,14 @@ def refuse_published_change(
     path: str = "",
     args: Sequence[Any] = (),
     kwargs: Mapping[str, Any] | None = None,
-) -> None:
+) -> bool:
     """Raise PermissionDenied if the call (method ``name`` of ``obj``, or function ``fn`` at ``path``) would
-    change a published object in place. ``published()`` is asked only when the call changes something."""
+    change a published object in place. ``published()`` is asked only when the call changes something.
+    Returns whether it changes anything in place (what a plan's verified runs rely on, see
+    :mod:`duet.remote.plans`)."""
     targets = _targets(fn, obj, name, path, args, kwargs or {}, allowlist)
     if not targets:
-        return
+        return False
     objs = list(published())
     ids = _ids(objs)
     if name == "requires_grad_" and isinstance(obj, torch.Tensor):
@@ -190,3 +192,4 @@ def refuse_published_change(
             f"{what} would change the owner's published data in place: published objects are read-only "
             "(work on a copy: .clone())"
         )
+    return True

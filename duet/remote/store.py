@@ -300,6 +300,41 @@ class Store:
             if other is not None and not sources <= other.sources:
                 other.sources |= sources
 
+    def spread(self, sources: frozenset[str], entries: Iterable[Entry], objects: Iterable[Any]) -> None:
+        """Give ``sources`` to whatever an op of a plan may have written into (the plan's own results are
+        not entries): the ``entries`` it read, every entry sharing storage with them or with ``objects``
+        (values it read or returned), and the entries holding the leaves of their autograd graphs. The same
+        rule as :meth:`put` applies to an op's result (see the module)."""
+        if not sources:
+            return
+        with self._lock:
+            touched = {e.id for e in entries}
+            keys: set[int] = set()
+            for oid in touched:
+                keys |= self._storage_of.get(oid, set())
+            for obj in objects:
+                keys |= _storages(obj)
+                if isinstance(obj, torch.Tensor) and obj.grad_fn is not None:
+                    leaves = _graph_leaves(obj)
+                    if leaves is None:  # too big to follow: whatever could be a leaf
+                        touched |= {o for o, x in self._entries.items() if _trainable(x.obj)}
+                    else:
+                        keys |= _storages_of_all(leaves)
+            for key in keys:
+                touched |= self._by_storage.get(key, set())
+            for oid in touched:
+                other = self._entries.get(oid)
+                if other is not None and not sources <= other.sources:
+                    other.sources |= sources
+
+    def shares_storage(self, obj: Any) -> bool:
+        """Whether a tensor uses the storage of an entry (a view of one, or the entry itself)."""
+        try:
+            ptr = obj.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError, AttributeError):
+            return False
+        return bool(ptr) and ptr in self._by_storage
+
     def _index(self, entry: Entry) -> None:
         obj = entry.obj
         if obj is None or type(obj) is float:
@@ -331,12 +366,23 @@ class Store:
                 if not ids:
                     del self._by_storage[key]
 
-    def put(self, oid: Any, obj: Any, tags: Iterable[str] = (), error: RemoteError | None = None) -> Entry:
-        """Store a result under the id the scientist chose (never replacing an existing object)."""
+    def put(
+        self,
+        oid: Any,
+        obj: Any,
+        tags: Iterable[str] = (),
+        error: RemoteError | None = None,
+        inputs: list[Entry] | None = None,
+    ) -> Entry:
+        """Store a result under the id the scientist chose (never replacing an existing object). Its sources
+        are those of the entries read since the last put, or of ``inputs`` when given (a plan's result,
+        whose inputs the plan runner tracks itself)."""
         if not isinstance(oid, str) or not oid.startswith("s") or len(oid) > 40:
             raise ProtocolError("result ids are strings the scientist allocates, starting with 's'")
         reads: dict[str, Entry] | None = getattr(self._reads, "entries", None)
         self._reads.entries = {}
+        if inputs is not None:
+            reads = {e.id: e for e in inputs}
         if reads:
             inputs = list(reads.values())
             sources = inputs[0].sources if len(inputs) == 1 else _union([e.sources for e in inputs])

@@ -1,0 +1,324 @@
+"""Plans, the scientist's side: find the sequences of ops a loop sends again and again, and send each once.
+
+A training loop sends the same ops every step, on new tensors: the batch's slices, the layers' calls, the
+loss, ``backward``, ``step``. When a frame is about to leave, :meth:`Planner.compress` looks for a sequence
+that repeats right after itself (the same ops, using their inputs the same way, with only some constants
+changed), defines it once as a plan (a template whose pointers are *slots* and whose changing constants are
+*holes*) and replaces each occurrence with one ``run`` op; later frames reuse the plans they match. The
+owner runs a plan's ops with the same checks and the same results as the ops themselves (see
+:mod:`duet.remote.plans`).
+
+A run keeps (stores on the owner) only the results the scientist can still use: those with a live pointer,
+and those a later op of the frame uses. The others are never stored, and their releases are not sent.
+Ops that carry buffers (tensors the scientist sends), contexts, containers and releases are never planned.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from . import plans
+
+__all__ = ["Planner", "enabled_by_env"]
+
+MIN_OPS = 3  # shortest sequence worth a plan
+MAX_TEMPLATES = 256  # plans one client defines (the owner accepts up to plans.MAX_PLANS)
+_PLANNED_KINDS = frozenset({"call", "meth", "attr"})
+
+
+def enabled_by_env() -> bool:
+    """``DUET_PLANS=0`` turns plans off (every op then travels on its own, as the owner runs it anyway)."""
+    return os.environ.get("DUET_PLANS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _plannable(op: dict[str, Any]) -> bool:
+    return op.get("k") in _PLANNED_KINDS and "b" not in op and op.get("n") not in plans.UNPLANNED
+
+
+def _refs(op: dict[str, Any]) -> list[str]:
+    """The ids an op uses, in order: its ``self``, then its arguments' pointers."""
+    out = [op["s"]] if "s" in op else []
+    stack = [op[key] for key in ("kw", "a") if key in op]
+    while stack:
+        node = stack.pop()
+        if type(node) is list:
+            if len(node) == 2 and node[0] == "ptr" and type(node[1]) is str:
+                out.append(node[1])
+            else:
+                stack.extend(reversed(node))
+    return out
+
+
+def _has_ptr(node: Any) -> bool:
+    if type(node) is list:
+        if len(node) == 2 and node[0] == "ptr":
+            return True
+        return any(_has_ptr(x) for x in node)
+    return False
+
+
+class _Segment:
+    """ops[i:j] with their pointers as slots: ``#k`` is input k (an id the segment uses but did not make)
+    or, from ``n_in`` on, the result of the segment's op ``k - n_in``."""
+
+    __slots__ = ("ops", "inputs", "outs", "n_in")
+
+    def __init__(self, ops: list[dict[str, Any]]) -> None:
+        made = {op["o"]: j for j, op in enumerate(ops)}
+        inputs: dict[str, int] = {}
+        for j, op in enumerate(ops):
+            for ref in _refs(op):
+                if made.get(ref, j) >= j and ref not in inputs:  # made by no earlier op of the segment
+                    inputs[ref] = len(inputs)
+        self.inputs = list(inputs)
+        self.n_in = n_in = len(inputs)
+        self.outs = [op["o"] for op in ops]
+
+        def slot(ref: str, j: int) -> str:
+            k = made.get(ref)
+            return f"#{n_in + k}" if k is not None and k < j else f"#{inputs[ref]}"
+
+        def tree(node: Any, j: int) -> Any:
+            if type(node) is list:
+                if len(node) == 2 and node[0] == "ptr" and type(node[1]) is str:
+                    return ["ptr", slot(node[1], j)]
+                return [tree(x, j) for x in node]
+            return node
+
+        self.ops = []
+        for j, op in enumerate(ops):
+            t: dict[str, Any] = {"k": op["k"]}
+            if "p" in op:
+                t["p"] = op["p"]
+            if "s" in op:
+                t["s"] = slot(op["s"], j)
+            if "n" in op:
+                t["n"] = op["n"]
+            for key in ("a", "kw"):
+                if key in op:
+                    t[key] = tree(op[key], j)
+            self.ops.append(t)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and of the same types all the way down (``1``, ``1.0`` and ``True`` are three constants)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is list:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+def _holes(a: Any, b: Any, at: list[tuple[int, ...]], path: tuple[int, ...]) -> bool:
+    """Compare two template trees; note where constants differ (``at``); False if they differ otherwise."""
+    if _same(a, b):
+        return True
+    if not (_has_ptr(a) or _has_ptr(b)):
+        at.append(path)  # a constant (a slice, a number, a dtype...) that changes: one hole
+        return True
+    if type(a) is list and type(b) is list and len(a) == len(b) and a and _same(a[0], b[0]) and a[0] != "ptr":
+        is_dict = a[0] == "dict"
+        for i in range(1, len(a)):
+            if is_dict and i % 2 == 1:  # a key: keys never become holes
+                if not _same(a[i], b[i]):
+                    return False
+                continue
+            if not _holes(a[i], b[i], at, (*path, i)):
+                return False
+        return True
+    return False
+
+
+class _Template:
+    __slots__ = ("pid", "keys", "ops", "n_in", "holes", "definition")
+
+    def __init__(
+        self, pid: int, keys: list[Any], seg: _Segment, holes: dict[int, list[tuple[str, tuple[int, ...]]]]
+    ) -> None:
+        self.pid = pid
+        self.keys = keys
+        self.n_in = seg.n_in
+        self.holes: list[tuple[int, str, tuple[int, ...]]] = []  # (op, "a"|"kw", path in the tree)
+        ops = [dict(t) for t in seg.ops]
+        for j, where in sorted(holes.items()):
+            for field, path in where:
+                self.holes.append((j, field, path))
+                ops[j][field] = _replace(ops[j][field], path, ["ptr", f"${len(self.holes) - 1}"])
+        self.ops = ops
+        self.definition = {"k": "plan", "id": pid, "n": seg.n_in, "h": len(self.holes), "t": ops}
+
+    def match(self, seg: _Segment) -> list[Any] | None:
+        """The hole values if ``seg`` is this template with other constants, else None."""
+        if seg.n_in != self.n_in:
+            return None
+        values: dict[int, Any] = {}
+        for t, s in zip(self.ops, seg.ops):
+            if t.keys() != s.keys():
+                return None
+            for key in t:
+                if not _fits(t[key], s[key], values):
+                    return None
+        if len(values) != len(self.holes):
+            return None
+        return [values[k] for k in range(len(self.holes))]
+
+
+def _fits(t: Any, s: Any, values: dict[int, Any]) -> bool:
+    if type(t) is list:
+        if len(t) == 2 and t[0] == "ptr" and type(t[1]) is str and t[1].startswith("$"):
+            if _has_ptr(s):
+                return False
+            values[int(t[1][1:])] = s
+            return True
+        if type(s) is not list or len(s) != len(t):
+            return False
+        return all(_fits(x, y, values) for x, y in zip(t, s))
+    return _same(t, s)
+
+
+def _replace(tree: Any, path: tuple[int, ...], value: Any) -> Any:
+    if not path:
+        return value
+    out = list(tree)
+    out[path[0]] = _replace(tree[path[0]], path[1:], value)
+    return out
+
+
+class Planner:
+    """One client's plans (the loop thread's: :meth:`compress` runs when a frame leaves)."""
+
+    def __init__(self) -> None:
+        self._templates: dict[Any, list[_Template]] = {}  # by their first op's kind and name
+        self._count = 0
+        self.enabled = enabled_by_env()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def compress(self, ops: list[dict[str, Any]], alive: set[str]) -> tuple[list[dict[str, Any]], set[str]]:
+        """The frame's ops with repeated sequences as plan runs, and the ids those runs do not keep.
+
+        ``alive``: the results made by these ops that had a live pointer when the ops were taken from the
+        queue (under the queue's lock: any op queued later can use only those)."""
+        n = len(ops)
+        if not self.enabled or n < MIN_OPS:
+            return ops, set()
+        keys = [(op["k"], op.get("p") or op.get("n")) if _plannable(op) else None for op in ops]
+        last_use: dict[str, int] = {}
+        for i, op in enumerate(ops):
+            for ref in _refs(op):
+                last_use[ref] = i
+        positions: dict[Any, list[int]] = {}
+        for i, k in enumerate(keys):
+            if k is not None:
+                positions.setdefault(k, []).append(i)
+        out: list[dict[str, Any]] = []
+        dropped: set[str] = set()
+        i = 0
+        while i < n:
+            if keys[i] is None:
+                out.append(ops[i])
+                i += 1
+                continue
+            step = self._known(ops, keys, i, last_use, alive, out, dropped)
+            if step:
+                i += step
+                continue
+            if self._soon_known(keys, i):
+                out.append(ops[i])  # a known plan starts a little further on: do not define a shifted copy
+                i += 1
+                continue
+            step = self._discover(ops, keys, positions, i, last_use, alive, out, dropped)
+            if step:
+                i += step
+                continue
+            out.append(ops[i])
+            i += 1
+        return out, dropped
+
+    def _known(self, ops: list[Any], keys: list[Any], i: int, last_use: dict[str, int], alive: set[str],
+               out: list[Any], dropped: set[str]) -> int:
+        for t in self._templates.get(keys[i], ()):
+            p = len(t.keys)
+            if keys[i : i + p] != t.keys:
+                continue
+            seg = _Segment(ops[i : i + p])
+            holes = t.match(seg)
+            if holes is not None:
+                out.append(self._run(t, seg, holes, i + p, last_use, alive, dropped))
+                return p
+        return 0
+
+    def _soon_known(self, keys: list[Any], i: int) -> bool:
+        """Whether a known plan's ops (by kind and name) start within the next ops."""
+        if not self._templates:
+            return False
+        for k in range(i + 1, min(len(keys), i + plans.MAX_PLAN_OPS)):
+            for t in self._templates.get(keys[k], ()):
+                if keys[k : k + len(t.keys)] == t.keys:
+                    return True
+        return False
+
+    def _discover(self, ops: list[Any], keys: list[Any], positions: dict[Any, list[int]], i: int,
+                  last_use: dict[str, int], alive: set[str], out: list[Any], dropped: set[str]) -> int:
+        if self._count >= MAX_TEMPLATES:
+            return 0
+        n = len(ops)
+        at = positions[keys[i]]
+        for j in at[bisect.bisect_left(at, i + MIN_OPS) :]:
+            p = j - i
+            if p > plans.MAX_PLAN_OPS or j + p > n:
+                break
+            if keys[i:j] != keys[j : j + p] or None in keys[i:j]:
+                continue
+            a, b = _Segment(ops[i:j]), _Segment(ops[j : j + p])
+            if a.n_in != b.n_in:
+                continue
+            holes: dict[int, list[tuple[str, tuple[int, ...]]]] = {}
+            same = True
+            for k, (x, y) in enumerate(zip(a.ops, b.ops)):
+                if x.keys() != y.keys() or any(x[f] != y[f] for f in x if f not in ("a", "kw")):
+                    same = False
+                    break
+                for f in ("a", "kw"):
+                    if f in x:
+                        where: list[tuple[int, ...]] = []
+                        if not _holes(x[f], y[f], where, ()):
+                            same = False
+                            break
+                        if where:
+                            holes.setdefault(k, []).extend((f, path) for path in where)
+                if not same:
+                    break
+            if not same:
+                continue
+            self._count += 1
+            t = _Template(self._count, keys[i:j], a, holes)
+            values_a, values_b = t.match(a), t.match(b)
+            if values_a is None or values_b is None:  # (cannot happen: the holes came from a and b)
+                self._count -= 1
+                continue
+            self._templates.setdefault(keys[i], []).append(t)
+            out.append(t.definition)
+            out.append(self._run(t, a, values_a, j, last_use, alive, dropped))
+            out.append(self._run(t, b, values_b, j + p, last_use, alive, dropped))
+            return 2 * p
+        return 0
+
+    def _run(self, t: _Template, seg: _Segment, holes: list[Any], end: int, last_use: dict[str, int],
+             alive: set[str], dropped: set[str]) -> dict[str, Any]:
+        keep = []
+        for k, oid in enumerate(seg.outs):
+            if oid in alive or last_use.get(oid, -1) >= end:
+                keep.append(k)
+            else:
+                dropped.add(oid)
+        return {"k": "run", "id": t.pid, "i": seg.inputs, "h": holes, "o": seg.outs, "keep": keep}
+
+
+def without(releases: Iterable[str], dropped: set[str]) -> list[str]:
+    """The releases still worth sending: a result no run kept was never stored."""
+    return [r for r in releases if r not in dropped]

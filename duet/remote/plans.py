@@ -1,0 +1,457 @@
+"""Plans, the owner's side: a sequence of calls the scientist repeats (a training step), defined once and
+then run with one op a step.
+
+The scientist's client finds a sequence of ops it sends again and again (see :mod:`duet.remote.planner`)
+and sends it once as a *template*: the same ops, with each pointer replaced by a *slot* (``#k``: the plan's
+k-th input, or the result of one of its earlier ops) and each constant that changes from step to step by a
+*hole* (``$k``)::
+
+    {"k": "plan", "id": 7, "n": 6, "h": 2, "t": [template op, ...]}
+    {"k": "run",  "id": 7, "i": [input ids], "h": [hole values], "o": [one result id per op], "keep": [op indices]}
+
+A run runs every op of the template, in order, through the same checks as the op itself would pass
+(:meth:`Executor._do_call` / ``_do_meth``: the allowlist, the arguments, the published-data check, the
+Python-item limits, the call's time and result checks), and logs every op in the activity log. Only the
+results named in ``keep`` are stored (the ones the scientist still points at); the others exist only
+while the run lasts. Their provenance is followed op by op: a kept result's sources are those of the
+plan inputs it was computed from, and an op that returns nothing or writes into an entry's storage
+gives its sources to what it may have written into (:meth:`Store.spread`), as :meth:`Store.put` does for
+a single op.
+
+What a run may skip is the dry runs (:mod:`duet.remote.guards`). A run whose inputs have the same types,
+shapes, dtypes and plain values as an earlier run that passed every dry run (the same modules, in the same
+mode, with no module retyped since, under the same quotas and grad mode) runs its ops without them, as long
+as each op's result keeps the type and shape it had then: the dry runs depend on nothing else, so they
+would pass again. An op that uses a hole is always dry-run, and from the first result that differs
+(``nonzero``, a smaller last batch) every later op of the run is dry-run too.
+
+Errors keep the semantics of single ops: a failing op's error is reported under its result id, the ops
+that use its result fail the same way without being reported again, and the other ops run.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .. import codec
+from ..errors import DuetError, ProtocolError, QuotaExceeded, RemoteError
+from . import guards
+from .activity import ArgKinds
+from .store import _meta
+
+if TYPE_CHECKING:
+    from .executor import Executor
+    from .store import Entry
+
+__all__ = ["Plans", "Refused", "UNPLANNED", "MAX_PLANS", "MAX_PLAN_OPS", "MAX_TEMPLATE_OPS"]
+
+MAX_PLANS = 1024  # plans one session may define
+MAX_PLAN_OPS = 512  # ops in one plan
+MAX_TEMPLATE_OPS = 65_536  # ops in all of a session's plans together
+MAX_SLOTS = 4096  # inputs (or holes) of one plan
+_VERIFIED_KEYS = 64  # input signatures remembered per plan
+_KINDS = frozenset({"call", "meth", "attr"})
+# methods whose bookkeeping needs the object's store entry (its metadata, the dry-run cache): never planned
+UNPLANNED = frozenset({*guards.RETYPING, "requires_grad_"})
+_SCALARS = (type(None), bool, int, float, str)
+
+
+class _SlotError(Exception):
+    """A slot holds an error instead of a value."""
+
+    def __init__(self, error: RemoteError, inherited: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.inherited = inherited
+
+
+class _Op:
+    """One template op, checked and compiled once."""
+
+    __slots__ = ("kind", "name", "self_slot", "args", "kwargs", "holey", "refs", "fast_args", "fast_kwargs")
+
+    def __init__(self, raw: Any, index: int, n_in: int, n_holes: int) -> None:
+        if not isinstance(raw, dict) or raw.get("k") not in _KINDS:
+            raise ProtocolError(f"plan op {index}: a call, method or property op")
+        if "o" in raw or "b" in raw:
+            raise ProtocolError(f"plan op {index}: a template op names no result id and no buffers")
+        self.kind: str = raw["k"]
+        limit = n_in + index  # slots it may use: the inputs and the results of the ops before it
+        refs: set[int] = set()
+        holey = [False]
+        self.self_slot = -1
+        if self.kind == "call":
+            name = raw.get("p")
+        else:
+            name = raw.get("n")
+            self.self_slot = _slot(raw.get("s"), limit, index)
+            refs.add(self.self_slot)
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise ProtocolError(f"plan op {index}: needs a path or name")
+        if name in UNPLANNED:
+            raise ProtocolError(f"plan op {index}: {name!r} is not run in a plan")
+        self.name = name
+        self.args = _scan(raw.get("a"), limit, n_holes, refs, holey, index) if self.kind != "attr" else None
+        self.kwargs = _scan(raw.get("kw"), limit, n_holes, refs, holey, index) if self.kind != "attr" else None
+        self.holey = holey[0]
+        self.refs = tuple(sorted(refs))
+        self.fast_args = _builder(self.args, False)
+        self.fast_kwargs = _builder(self.kwargs, True)
+
+
+def _slot(ref: Any, limit: int, index: int) -> int:
+    if type(ref) is str and ref.startswith("#") and 1 < len(ref) <= 8 and ref[1:].isdigit():
+        k = int(ref[1:])
+        if k < limit:
+            return k
+    raise ProtocolError(f"plan op {index}: a slot must name an input or an earlier op's result")
+
+
+def _scan(tree: Any, limit: int, n_holes: int, refs: set[int], holey: list[bool], index: int) -> Any:
+    """Check a template argument tree's pointer nodes (slots and holes) and note which slots it uses; the
+    rest of the tree is decoded (and checked) by the codec on every run."""
+    if tree is None:
+        return None
+    stack, seen = [(tree, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if depth > 32 or seen > 10_000:
+            raise ProtocolError(f"plan op {index}: arguments too large or too deep")
+        if type(node) is list:
+            if len(node) == 2 and node[0] == "ptr":
+                ref = node[1]
+                if type(ref) is str and ref.startswith("$") and ref[1:].isdigit() and int(ref[1:]) < n_holes:
+                    holey[0] = True
+                else:
+                    refs.add(_slot(ref, limit, index))
+                continue
+            if node and node[0] in ("tensor", "buf"):
+                raise ProtocolError(f"plan op {index}: a template carries no tensors")
+            stack.extend((x, depth + 1) for x in node)
+        elif type(node) is dict:
+            raise ProtocolError(f"plan op {index}: arguments are codec trees")
+    return tree
+
+
+_ITEM_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+
+
+def _builder(tree: Any, is_kwargs: bool) -> tuple[Any, ...] | None:
+    """A flat argument tree compiled once: ``("hole", k)`` for a whole tree that is one hole, else
+    ``(keys, items)`` with each item ``(0, constant)``, ``(1, slot)`` or ``(2, hole)`` (keys None for a
+    list). None: any other tree, which the codec decodes on every run (with its checks)."""
+    if type(tree) is not list or not tree:
+        return None
+    if len(tree) == 2 and tree[0] == "ptr":
+        ref = tree[1]
+        return ("hole", int(ref[1:])) if ref[0] == "$" else None
+    keys: tuple[str, ...] | None
+    if tree[0] == "list" and not is_kwargs and len(tree) <= 65:
+        keys, values = None, tree[1:]
+    elif tree[0] == "dict" and len(tree) % 2 == 1 and len(tree) <= 33:
+        keys, values = tuple(tree[1::2]), tree[2::2]
+        if not all(type(k) is str for k in keys) or len(set(keys)) != len(keys):
+            return None
+    else:
+        return None
+    items: list[tuple[int, Any]] = []
+    for x in values:
+        if type(x) in _ITEM_SCALARS:
+            items.append((0, x))
+        elif type(x) is list and len(x) == 2 and x[0] == "ptr":
+            ref = x[1]
+            items.append((2, int(ref[1:])) if ref[0] == "$" else (1, int(ref[1:])))
+        else:
+            return None
+    return (keys, tuple(items))
+
+
+class _Plan:
+    __slots__ = ("ops", "n_in", "n_holes", "verified")
+
+    def __init__(self, ops: list[_Op], n_in: int, n_holes: int) -> None:
+        self.ops = ops
+        self.n_in = n_in
+        self.n_holes = n_holes
+        # input signature -> (each op's result signature, whether each op changes something in place,
+        # the inputs known by identity: index and weak reference)
+        self.verified: dict[Any, tuple[list[Any], list[bool], tuple[tuple[int, weakref.ref[Any]], ...]]] = {}
+
+
+def _sig(obj: Any, refs: list[Any]) -> Any:
+    """What a dry run of an op using ``obj`` may depend on; objects known by identity go to ``refs``."""
+    t = type(obj)
+    if t is torch.Tensor:
+        return (t, obj.shape, obj.dtype)
+    if t in _SCALARS:
+        return (t, obj)
+    if isinstance(obj, torch.nn.Module):
+        refs.append(obj)
+        return ("M", id(obj), obj.training)
+    try:
+        return guards._sig(obj)
+    except guards._Uncached:
+        refs.append(obj)
+        return ("O", t, id(obj))
+
+
+def _result_sig(obj: Any) -> Any:
+    return _sig(obj, [])
+
+
+def _no_pointer(oid: str) -> Any:
+    raise ProtocolError("a hole's value holds no pointer")
+
+
+class Plans:
+    """The plans of one session, run by its executor (in the executor's thread, under its lock)."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._ex = executor
+        self._plans: dict[int, _Plan] = {}
+        self._ops = 0
+        self.runs = 0  # runs, and runs without dry runs (for tests and the bench)
+        self.verified_runs = 0
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    # ---- definitions ------------------------------------------------------------------------------------
+
+    def define(self, op: dict[str, Any]) -> None:
+        pid, n_in, n_holes, template = op.get("id"), op.get("n"), op.get("h", 0), op.get("t")
+        if type(pid) is not int or not 0 < pid < 1 << 31:
+            raise ProtocolError("a plan needs an int id")
+        if pid in self._plans:
+            raise ProtocolError(f"plan {pid} is already defined")
+        if type(n_in) is not int or type(n_holes) is not int or not (0 <= n_in <= MAX_SLOTS and 0 <= n_holes <= MAX_SLOTS):
+            raise ProtocolError("a plan needs its counts of inputs and holes")
+        if not isinstance(template, list) or not 0 < len(template) <= MAX_PLAN_OPS:
+            raise ProtocolError(f"a plan holds 1 to {MAX_PLAN_OPS} ops")
+        if len(self._plans) >= MAX_PLANS or self._ops + len(template) > MAX_TEMPLATE_OPS:
+            raise QuotaExceeded(f"a session may define at most {MAX_PLANS} plans of {MAX_TEMPLATE_OPS} ops in all")
+        ops = [_Op(raw, i, n_in, n_holes) for i, raw in enumerate(template)]
+        self._plans[pid] = _Plan(ops, n_in, n_holes)
+        self._ops += len(ops)
+
+    # ---- runs -------------------------------------------------------------------------------------------
+
+    def run(self, op: dict[str, Any]) -> list[tuple[str, RemoteError]]:
+        """Run a plan; returns the failures to report, by result id (see the module for the semantics)."""
+        ex = self._ex
+        store = ex.store
+        plan = self._plans.get(op.get("id"))  # type: ignore[arg-type]
+        if plan is None:
+            raise ProtocolError(f"no plan {str(op.get('id'))[:20]!r}")
+        n_in, ops = plan.n_in, plan.ops
+        ids_in, outs, keep = op.get("i"), op.get("o"), op.get("keep")
+        if not isinstance(outs, list) or len(outs) != len(ops) or not all(_result_id(o) for o in outs):
+            raise ProtocolError("a plan run names one result id per op")
+        if len(set(outs)) != len(outs):
+            raise ProtocolError("a plan run's result ids must differ")
+        if not isinstance(keep, list) or not all(type(k) is int and 0 <= k < len(ops) for k in keep):
+            raise ProtocolError("a plan run keeps results by op index")
+        if not isinstance(ids_in, list) or len(ids_in) != n_in or not all(type(i) is str for i in ids_in):
+            raise Refused(outs, keep, ProtocolError("a plan run names one input id per input"))
+        holes_raw = op.get("h", [])
+        if not isinstance(holes_raw, list) or len(holes_raw) != plan.n_holes:
+            raise Refused(outs, keep, ProtocolError("a plan run gives one value per hole"))
+        q = ex._q = ex.quotas
+        try:
+            holes = [
+                codec.decode(h, (), make_pointer=_no_pointer, max_tensor_bytes=q.tensor_bytes, max_items=10_000)
+                for h in holes_raw
+            ]
+        except DuetError as exc:
+            raise Refused(outs, keep, exc) from None
+
+        self.runs += 1
+        n = n_in + len(ops)
+        slots: list[Any] = [None] * n
+        errors: list[_SlotError | None] = [None] * n
+        deps: list[frozenset[int]] = [frozenset()] * n  # the inputs each slot was computed from
+        entries: list[Entry | None] = [None] * n_in
+        for i, oid in enumerate(ids_in):
+            try:
+                entry = store.lookup(oid)
+            except DuetError as exc:  # each op that uses it fails with this, as a single op would
+                errors[i] = _SlotError(ex._as_remote(exc), False)
+                continue
+            entries[i] = entry
+            deps[i] = frozenset([i])
+            if entry.error is not None:
+                errors[i] = _SlotError(entry.error, True)
+            else:
+                slots[i] = entry.obj
+
+        key, known = self._key(plan, slots, errors)
+        found = plan.verified.get(key) if key is not None else None
+        if found is not None and any(r() is not slots[i] for i, r in found[2]):
+            found = None  # an input known by identity is another object at the same address
+        expected, changing = (found[0], found[1]) if found is not None else (None, None)
+        dry = expected is None
+        changes: list[bool] = []
+        if not dry:
+            self.verified_runs += 1
+        sigs: list[Any] = []
+        failures: list[tuple[str, RemoteError]] = []
+        used: list[int] = []
+
+        def value(ref: int) -> Any:
+            err = errors[ref]
+            if err is not None:
+                raise err
+            used.append(ref)
+            return slots[ref]
+
+        def resolve(oid: str) -> Any:
+            if oid[0] == "$":
+                return holes[int(oid[1:])]
+            return value(int(oid[1:]))
+
+        record = ex.log.record
+        for j, top in enumerate(ops):
+            start = time.perf_counter()
+            ex._last_args = ""
+            ex._path = top.name
+            ex._changes = False
+            del used[:]
+            out = n_in + j
+            guard = dry or changing is None or changing[j]  # verified: the published-data check where it found changes
+            try:
+                if top.kind == "call":
+                    fn = ex.allowlist.resolve_function(top.name)
+                    args, kwargs = self._args(top, value, resolve, holes)
+                    result = ex._do_call(top.name, fn, args, kwargs, dry or top.holey, guard or top.holey)
+                else:
+                    obj = value(top.self_slot)
+                    ex._path = f"{type(obj).__name__}.{top.name[:100]}"
+                    if top.kind == "meth":
+                        ex.allowlist.check_method(obj, top.name)
+                        args, kwargs = self._args(top, value, resolve, holes)
+                        result = ex._do_meth(obj, top.name, args, kwargs, dry or top.holey, guard or top.holey)
+                    else:
+                        result = ex.allowlist.get_property(obj, top.name)
+            except Exception as exc:  # noqa: BLE001 - as a single op: the error goes under its result id
+                if isinstance(exc, _SlotError):
+                    error, inherited = exc.error, exc.inherited
+                else:
+                    error, inherited = ex._as_remote(exc), False
+                errors[out] = _SlotError(error, True)
+                if not inherited:
+                    failures.append((outs[j], error))
+                ex._record(ex._path, ex._last_args, None, error.remote_type, start)
+                sigs.append(None)
+                changes.append(True)
+                continue
+            changes.append(ex._changes)
+            slots[out] = result
+            dep = deps[used[0]] if len(used) == 1 else frozenset().union(*[deps[u] for u in used])
+            deps[out] = dep
+            if dep and (result is None or (type(result) is torch.Tensor and store.shares_storage(result))):
+                read = [e for u in used if u < n_in and (e := entries[u]) is not None]
+                store.spread(_sources(entries, dep), read, [slots[u] for u in used] if result is None else [result])
+            if type(result) is torch.Tensor:
+                shape = result.shape
+                sig: Any = (torch.Tensor, shape, result.dtype)
+                kind, shape = "Tensor", tuple(shape)
+            else:
+                sig = _result_sig(result)
+                meta = _meta(result)
+                kind, shape = meta.get("type"), meta.get("shape")
+            sigs.append(sig)
+            if expected is not None and not dry and sig != expected[j]:
+                dry = True  # from here on the run's values differ from the verified run's
+                changing = None
+            record(time.time(), ex._path, ex._last_args, kind, shape, "ok", time.perf_counter() - start)
+
+        for j in sorted(set(keep)):
+            oid, out = outs[j], n_in + j
+            err = errors[out]
+            try:
+                if err is not None:
+                    store.put(oid, None, (), error=err.error)
+                else:
+                    inputs = [e for i in sorted(deps[out]) if (e := entries[i]) is not None]
+                    tags = {t for e in inputs for t in e.tags}
+                    store.put(oid, slots[out], tags, inputs=inputs)
+            except DuetError as exc:
+                error = ex._as_remote(exc)
+                try:
+                    store.put(oid, None, (), error=error)
+                except DuetError:
+                    failures.append(("", error))
+                    continue
+                failures.append((oid, error))
+        if expected is None and key is not None and not failures and all(e is None for e in errors):
+            if len(plan.verified) >= _VERIFIED_KEYS:
+                plan.verified.pop(next(iter(plan.verified)))
+            plan.verified[key] = (sigs, changes, tuple((i, weakref.ref(slots[i])) for i in known))
+        return failures
+
+    def _args(self, top: _Op, value: Any, resolve: Any, holes: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+        args = _build(top.fast_args, top.args, value, resolve, holes, self._ex._q.tensor_bytes, [])
+        kwargs = _build(top.fast_kwargs, top.kwargs, value, resolve, holes, self._ex._q.tensor_bytes, {})
+        if isinstance(args, tuple):
+            args = list(args)
+        if not isinstance(args, list) or not isinstance(kwargs, dict) or any(type(k) is not str for k in kwargs):
+            raise ProtocolError("arguments must be a list and keyword arguments a dict with string keys")
+        self._ex._last_args = ArgKinds(args, kwargs)
+        return args, kwargs
+
+    def _key(self, plan: _Plan, slots: list[Any], errors: list[Any]) -> tuple[Any, list[int]]:
+        """The run's input signature and the inputs it knows by identity (None: a run that cannot be verified)."""
+        q = self._ex._q
+        if any(errors[i] is not None for i in range(plan.n_in)):
+            return None, []
+        known: list[int] = []
+        parts = [q.tensor_bytes, q.call_seconds, torch.is_grad_enabled(), guards.generation()]
+        try:
+            for i in range(plan.n_in):
+                objs: list[Any] = []
+                parts.append(_sig(slots[i], objs))
+                if objs:
+                    weakref.ref(slots[i])
+                    known.append(i)
+            key = tuple(parts)
+            hash(key)
+        except TypeError:  # unhashable, or an object without weak references: every run is dry-run
+            return None, []
+        return key, known
+
+
+def _build(fast: Any, tree: Any, value: Any, resolve: Any, holes: list[Any], limit: int, empty: Any) -> Any:
+    if tree is None:
+        return empty
+    if fast is None:
+        return codec.decode(tree, (), make_pointer=resolve, max_tensor_bytes=limit)
+    if fast[0] == "hole":
+        return holes[fast[1]]
+    keys, items = fast
+    values = [x if tag == 0 else (value(x) if tag == 1 else holes[x]) for tag, x in items]
+    return values if keys is None else dict(zip(keys, values))
+
+
+def _sources(entries: Sequence[Entry | None], dep: frozenset[int]) -> frozenset[str]:
+    sets = [e.sources for i in dep if (e := entries[i]) is not None and e.sources]
+    if len(sets) == 1:
+        return sets[0]
+    return frozenset().union(*sets)
+
+
+def _result_id(oid: Any) -> bool:
+    return type(oid) is str and oid.startswith("s") and 1 < len(oid) <= 40
+
+
+class Refused(Exception):
+    """A run refused as a whole: its error goes under every kept result id."""
+
+    def __init__(self, outs: list[str], keep: list[int], error: DuetError) -> None:
+        super().__init__(str(error))
+        self.outs, self.keep, self.error = outs, keep, error
