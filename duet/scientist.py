@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .remote.client import Remote, RequestHandle
+from .remote.planner import enabled_by_env
 from .remote.pointer import Pointer, RemoteNamespace, RemotePython
 from .remote.store import STORE_COLUMNS
-from .remote.planner import enabled_by_env
 from .remote.tables import from_welcome
 
 if TYPE_CHECKING:

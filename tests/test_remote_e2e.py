@@ -312,10 +312,50 @@ def test_training_steps_travel_as_few_frames_and_block_only_at_shape(
     assert len(calls) <= 3, [len(f["ops"]) for f in calls]  # ...in a few frames, not one frame per call
     assert d._scientist.remote.ops_sent - sent_before == sum(len(f["ops"]) for f in frames if f["t"] == "ops")  # type: ignore[union-attr]
     assert ask(owner, "d.log.total - mark") >= ran  # the owner ran them all
-    assert ask(owner, "[r.status for r in d.log.rows()[len(d.log) - d.log.total + mark :]]").count(
-        "ok"
-    ) >= ran
+    assert (
+        ask(owner, "[r.status for r in d.log.rows()[len(d.log) - d.log.total + mark :]]").count("ok") >= ran
+    )
     assert get(losses[0]).item() > get(losses[-1]).item()  # and they trained the model
+
+
+def test_a_training_loop_sent_as_plans_trains_exactly_as_call_by_call(
+    pair: tuple[Peer, duet.Duet], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client sends the repeated step as a plan and one run a step; the model, the losses and the
+    owner's record come out as when every call travels on its own (see duet.remote.planner)."""
+    owner, d = pair
+    remote = d._scientist.remote  # type: ignore[union-attr]
+    assert remote.planner.enabled  # the owner's welcome said it runs plans
+    inputs = d.store["grid"] / 10
+    target = d.torch.zeros(3, 1)
+    torch.manual_seed(0)
+    start = torch.nn.Linear(4, 1).state_dict()
+    results, sent = {}, {}
+    for use_plans in (True, False):
+        monkeypatch.setattr(remote.planner, "enabled", use_plans)
+        frames = spy_on_frames(d, monkeypatch)
+        verified = ask(owner, "d._owner.executor.plans.verified_runs")
+        model = d.torch.nn.Linear(4, 1)
+        model.load_state_dict(start)
+        opt = d.torch.optim.SGD(model.parameters(), lr=0.05)
+        total = None
+        for _ in range(30):
+            opt.zero_grad()
+            loss = d.torch.nn.functional.mse_loss(model(inputs), target)
+            loss.backward()
+            opt.step()
+            total = loss.item() if total is None else total + loss.item()
+        results[use_plans] = (get(total), get(model.weight), get(model.bias))
+        sent[use_plans] = [op["k"] for f in frames if f["t"] == "ops" for op in f["ops"]]
+        sent[use_plans, "verified"] = ask(owner, "d._owner.executor.plans.verified_runs") - verified
+        monkeypatch.undo()
+    assert "run" in sent[True] and "run" not in sent[False] and "plan" not in sent[False]
+    assert sent[True, "verified"] > 0 and sent[False, "verified"] == 0
+    assert (
+        sent[True].count("run") >= 15 and len(sent[True]) < len(sent[False]) / 2
+    )  # a run and the add, a step
+    (total1, w1, b1), (total2, w2, b2) = results[True], results[False]
+    assert total1 == total2 and torch.equal(w1, w2) and torch.equal(b1, b2)
 
 
 # ---- 5. garbage collection ------------------------------------------------------------------------------------

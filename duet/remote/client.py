@@ -108,7 +108,11 @@ class Remote:
             self._ops.clear()
             # which results still have a pointer, seen under the lock the user's thread queues ops under:
             # an op queued after this can only use a result whose pointer is alive now
-            alive = {oid for op, _ in batch if (oid := op.get("o")) in self._live} if self.planner.enabled else set()
+            alive = (
+                {oid for op, _ in batch if type(oid := op.get("o")) is str and oid in self._live}
+                if self.planner.enabled
+                else set()
+            )
         ops: list[dict[str, Any]] = []
         buffers: list[Any] = []
         for op, bufs in batch:

@@ -308,7 +308,9 @@ _CACHE = _DryRunCache()
 RETYPING = frozenset({"cpu", "double", "float", "half", "to"})  # module methods that change its dtype
 
 
-_GENERATION = [0]  # counts forget_module calls: a plan's verified runs (duet.remote.plans) hold only within one
+_GENERATION = [
+    0
+]  # counts forget_module calls: a plan's verified runs (duet.remote.plans) hold only within one
 
 
 def forget_module(module: torch.nn.Module) -> None:

@@ -239,8 +239,16 @@ class Planner:
             i += 1
         return out, dropped
 
-    def _known(self, ops: list[Any], keys: list[Any], i: int, last_use: dict[str, int], alive: set[str],
-               out: list[Any], dropped: set[str]) -> int:
+    def _known(
+        self,
+        ops: list[Any],
+        keys: list[Any],
+        i: int,
+        last_use: dict[str, int],
+        alive: set[str],
+        out: list[Any],
+        dropped: set[str],
+    ) -> int:
         for t in self._templates.get(keys[i], ()):
             p = len(t.keys)
             if keys[i : i + p] != t.keys:
@@ -262,8 +270,17 @@ class Planner:
                     return True
         return False
 
-    def _discover(self, ops: list[Any], keys: list[Any], positions: dict[Any, list[int]], i: int,
-                  last_use: dict[str, int], alive: set[str], out: list[Any], dropped: set[str]) -> int:
+    def _discover(
+        self,
+        ops: list[Any],
+        keys: list[Any],
+        positions: dict[Any, list[int]],
+        i: int,
+        last_use: dict[str, int],
+        alive: set[str],
+        out: list[Any],
+        dropped: set[str],
+    ) -> int:
         if self._count >= MAX_TEMPLATES:
             return 0
         n = len(ops)
@@ -308,8 +325,16 @@ class Planner:
             return 2 * p
         return 0
 
-    def _run(self, t: _Template, seg: _Segment, holes: list[Any], end: int, last_use: dict[str, int],
-             alive: set[str], dropped: set[str]) -> dict[str, Any]:
+    def _run(
+        self,
+        t: _Template,
+        seg: _Segment,
+        holes: list[Any],
+        end: int,
+        last_use: dict[str, int],
+        alive: set[str],
+        dropped: set[str],
+    ) -> dict[str, Any]:
         keep = []
         for k, oid in enumerate(seg.outs):
             if oid in alive or last_use.get(oid, -1) >= end:

@@ -97,7 +97,9 @@ class _Op:
             raise ProtocolError(f"plan op {index}: {name!r} is not run in a plan")
         self.name = name
         self.args = _scan(raw.get("a"), limit, n_holes, refs, holey, index) if self.kind != "attr" else None
-        self.kwargs = _scan(raw.get("kw"), limit, n_holes, refs, holey, index) if self.kind != "attr" else None
+        self.kwargs = (
+            _scan(raw.get("kw"), limit, n_holes, refs, holey, index) if self.kind != "attr" else None
+        )
         self.holey = holey[0]
         self.refs = tuple(sorted(refs))
         self.fast_args = _builder(self.args, False)
@@ -230,12 +232,18 @@ class Plans:
             raise ProtocolError("a plan needs an int id")
         if pid in self._plans:
             raise ProtocolError(f"plan {pid} is already defined")
-        if type(n_in) is not int or type(n_holes) is not int or not (0 <= n_in <= MAX_SLOTS and 0 <= n_holes <= MAX_SLOTS):
+        if (
+            type(n_in) is not int
+            or type(n_holes) is not int
+            or not (0 <= n_in <= MAX_SLOTS and 0 <= n_holes <= MAX_SLOTS)
+        ):
             raise ProtocolError("a plan needs its counts of inputs and holes")
         if not isinstance(template, list) or not 0 < len(template) <= MAX_PLAN_OPS:
             raise ProtocolError(f"a plan holds 1 to {MAX_PLAN_OPS} ops")
         if len(self._plans) >= MAX_PLANS or self._ops + len(template) > MAX_TEMPLATE_OPS:
-            raise QuotaExceeded(f"a session may define at most {MAX_PLANS} plans of {MAX_TEMPLATE_OPS} ops in all")
+            raise QuotaExceeded(
+                f"a session may define at most {MAX_PLANS} plans of {MAX_TEMPLATE_OPS} ops in all"
+            )
         ops = [_Op(raw, i, n_in, n_holes) for i, raw in enumerate(template)]
         self._plans[pid] = _Plan(ops, n_in, n_holes)
         self._ops += len(ops)
@@ -265,7 +273,9 @@ class Plans:
         q = ex._q = ex.quotas
         try:
             holes = [
-                codec.decode(h, (), make_pointer=_no_pointer, max_tensor_bytes=q.tensor_bytes, max_items=10_000)
+                codec.decode(
+                    h, (), make_pointer=_no_pointer, max_tensor_bytes=q.tensor_bytes, max_items=10_000
+                )
                 for h in holes_raw
             ]
         except DuetError as exc:
@@ -323,7 +333,9 @@ class Plans:
             ex._changes = False
             del used[:]
             out = n_in + j
-            guard = dry or changing is None or changing[j]  # verified: the published-data check where it found changes
+            guard = (
+                dry or changing is None or changing[j]
+            )  # verified: the published-data check where it found changes
             try:
                 if top.kind == "call":
                     fn = ex.allowlist.resolve_function(top.name)
@@ -335,7 +347,9 @@ class Plans:
                     if top.kind == "meth":
                         ex.allowlist.check_method(obj, top.name)
                         args, kwargs = self._args(top, value, resolve, holes)
-                        result = ex._do_meth(obj, top.name, args, kwargs, dry or top.holey, guard or top.holey)
+                        result = ex._do_meth(
+                            obj, top.name, args, kwargs, dry or top.holey, guard or top.holey
+                        )
                     else:
                         result = ex.allowlist.get_property(obj, top.name)
             except Exception as exc:  # noqa: BLE001 - as a single op: the error goes under its result id
@@ -356,11 +370,14 @@ class Plans:
             deps[out] = dep
             if dep and (result is None or (type(result) is torch.Tensor and store.shares_storage(result))):
                 read = [e for u in used if u < n_in and (e := entries[u]) is not None]
-                store.spread(_sources(entries, dep), read, [slots[u] for u in used] if result is None else [result])
+                store.spread(
+                    _sources(entries, dep), read, [slots[u] for u in used] if result is None else [result]
+                )
+            kind: Any
+            shape: Any
             if type(result) is torch.Tensor:
-                shape = result.shape
-                sig: Any = (torch.Tensor, shape, result.dtype)
-                kind, shape = "Tensor", tuple(shape)
+                sig: Any = (torch.Tensor, result.shape, result.dtype)
+                kind, shape = "Tensor", tuple(result.shape)
             else:
                 sig = _result_sig(result)
                 meta = _meta(result)
@@ -400,7 +417,11 @@ class Plans:
         kwargs = _build(top.fast_kwargs, top.kwargs, value, resolve, holes, self._ex._q.tensor_bytes, {})
         if isinstance(args, tuple):
             args = list(args)
-        if not isinstance(args, list) or not isinstance(kwargs, dict) or any(type(k) is not str for k in kwargs):
+        if (
+            not isinstance(args, list)
+            or not isinstance(kwargs, dict)
+            or any(type(k) is not str for k in kwargs)
+        ):
             raise ProtocolError("arguments must be a list and keyword arguments a dict with string keys")
         self._ex._last_args = ArgKinds(args, kwargs)
         return args, kwargs

@@ -1,0 +1,545 @@
+"""Plans: a repeated sequence of ops sent once and run with one op (duet.remote.planner, duet.remote.plans).
+
+The client's side is tested on op lists; the owner's on an executor, fed by a real client whose frames go
+straight to it (in the duet loop thread), with plans and without. The end-to-end test over WebRTC is in
+tests/test_remote_e2e.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from duet.remote import guards, planner, plans
+from duet.remote.client import Remote
+from duet.remote.executor import Executor
+from duet.remote.planner import Planner
+from duet.remote.pointer import Pointer, RemoteNamespace
+from duet.remote.store import Quotas, Store
+
+# ---- the client's side: finding plans ------------------------------------------------------------------------
+
+
+class Ops:
+    """Op dicts as the client builds them, with result ids s1, s2, ..."""
+
+    def __init__(self) -> None:
+        self.ops: list[dict[str, Any]] = []
+
+    def op(self, **op: Any) -> str:
+        op["o"] = f"s{len(self.ops) + 1}"
+        self.ops.append(op)
+        return op["o"]
+
+    def meth(self, s: str, n: str, *args: Any) -> str:
+        op: dict[str, Any] = {"k": "meth", "s": s, "n": n}
+        if args:
+            op["a"] = ["list", *args]
+        return self.op(**op)
+
+    def call(self, p: str, *args: Any, **kw: Any) -> str:
+        tree: list[Any] = ["dict"]
+        for k, v in kw.items():
+            tree += [k, v]
+        return self.op(k="call", p=p, a=["list", *args], kw=tree)
+
+
+def ptr(oid: str) -> list[str]:
+    return ["ptr", oid]
+
+
+def training_ops(steps: int) -> tuple[Ops, list[str]]:
+    """What a client sends for ``steps`` training steps (slices of published pX/pY, a layer s0, an
+    optimizer sOpt), and the result id of the running total of the losses."""
+    o = Ops()
+    total = None
+    for b in range(steps):
+        xb = o.meth("pX", "__getitem__", ["slice", 8 * b, 8 * b + 8, None])
+        yb = o.meth("pY", "__getitem__", ["slice", 8 * b, 8 * b + 8, None])
+        o.meth("sOpt", "zero_grad")
+        h = o.meth("sLayer", "__call__", ptr(xb))
+        h = o.call("torch.nn.functional.relu", ptr(h))
+        loss = o.call("torch.nn.functional.cross_entropy", ptr(h), ptr(yb))
+        o.meth(loss, "backward")
+        o.meth("sOpt", "step")
+        item = o.meth(loss, "item")
+        total = item if total is None else o.meth(total, "__add__", ptr(item))
+    assert total is not None
+    return o, [total]
+
+
+def planner_on() -> Planner:
+    p = Planner()
+    p.enabled = True
+    return p
+
+
+def calls(ops: list[dict[str, Any]]) -> list[str]:
+    """The result ids of the calls a frame makes the owner run, in order (a run stands for its plan's ops)."""
+    out: list[str] = []
+    for op in ops:
+        if op["k"] == "run":
+            out.extend(op["o"])
+        elif op["k"] not in ("plan", "del"):
+            out.append(op["o"])
+    return out
+
+
+def test_a_repeated_training_step_is_defined_once_and_sent_as_runs() -> None:
+    o, alive = training_ops(8)
+    out, dropped = planner_on().compress(copy.deepcopy(o.ops), set(alive))
+    kinds = [op["k"] for op in out]
+    assert kinds.count("plan") == 1 and kinds.index("plan") == 0
+    assert kinds.count("run") == 8  # one a step
+    assert len(out) < len(o.ops) // 4
+    assert calls(out) == [op["o"] for op in o.ops]  # every call, in the order the user made them
+    definition = out[0]
+    assert definition["n"] == 4 and definition["h"] == 2  # inputs pX, pY, sOpt, sLayer; holes: the two slices
+    assert all("o" not in t for t in definition["t"])
+    runs = [op for op in out if op["k"] == "run"]
+    assert runs[3]["h"] == [["list", ["slice", 24, 32, None]]] * 2
+    # kept: what a later op uses (each step's item, for the running total) and what has a pointer
+    for run in runs[:-1]:
+        assert [run["o"][k] for k in run["keep"]] == [run["o"][-1]]
+    assert set(alive) <= {i for op in out for i in ([op["o"]] if "o" in op and op["k"] != "run" else [])} | {
+        runs[-1]["o"][k] for k in runs[-1]["keep"]
+    } | set(calls(out))
+    kept = {run["o"][k] for run in runs for k in run["keep"]}
+    assert dropped == {i for run in runs for i in run["o"]} - kept
+
+
+def test_later_frames_reuse_a_plan_and_a_result_with_a_pointer_is_kept() -> None:
+    p = planner_on()
+    o, _ = training_ops(6)
+    first, second = o.ops[:29], o.ops[29:]  # the second frame starts in the middle of a step
+    out1, _ = p.compress(copy.deepcopy(first), set())
+    n_plans = len(p)
+    live = second[-3]["o"]  # a loss the user still holds
+    out2, dropped = p.compress(copy.deepcopy(second), {live})
+    assert len(p) == n_plans and not any(op["k"] == "plan" for op in out2)  # no new definition
+    assert any(op["k"] == "run" for op in out2)
+    assert calls(out1) + calls(out2) == [op["o"] for op in o.ops]
+    assert live not in dropped
+    run = next(op for op in out2 if op["k"] == "run" and live in op["o"])
+    assert run["o"].index(live) in run["keep"]
+
+
+def test_a_constant_of_another_type_is_a_hole_not_the_same_constant() -> None:
+    o = Ops()
+    for scale in (2, 2.0, 2, 2.0):  # 2 == 2.0 in Python, but int and float are different results
+        h = o.call("torch.add", ptr("pX"), scale)
+        h = o.call("torch.nn.functional.relu", ptr(h))
+        o.call("torch.sum", ptr(h))
+    out, _ = planner_on().compress(copy.deepcopy(o.ops), set())
+    runs = [op for op in out if op["k"] == "run"]
+    assert runs and all(len(r["h"]) == 1 for r in runs)
+    assert [type(r["h"][0]) for r in runs] == [int, float, int, float]
+
+
+def test_what_carries_buffers_contexts_and_releases_is_never_planned() -> None:
+    o = Ops()
+    for _ in range(4):
+        o.ops.append({"k": "ctx", "p": "torch.no_grad", "e": True})
+        h = o.op(k="put", v=["tensor", 0], b=[0, 1])
+        h = o.meth(h, "float")  # retyping: never in a plan (the owner's dry-run cache must see it)
+        o.ops.append({"k": "ctx", "p": "torch.no_grad", "e": False})
+    out, dropped = planner_on().compress(copy.deepcopy(o.ops), set())
+    assert out == o.ops and not dropped
+
+
+def test_plans_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DUET_PLANS", "0")
+    assert not planner.enabled_by_env()
+    monkeypatch.setenv("DUET_PLANS", "1")
+    assert planner.enabled_by_env()
+    o, alive = training_ops(6)
+    off = Planner()
+    off.enabled = False
+    assert off.compress(o.ops, set(alive)) == (o.ops, set())
+
+
+# ---- the owner's side: running plans ---------------------------------------------------------------------------
+
+
+class Loopback:
+    """A real client whose frames go straight to an owner's executor (run in the duet loop thread)."""
+
+    def __init__(self, store: Store, use_plans: bool) -> None:
+        self.store = store
+        self.executor = Executor(store)
+        self.frames: list[dict[str, Any]] = []
+        self.failures: list[tuple[str, Any]] = []
+        self.remote = Remote(lambda: self, lambda: "owner")  # type: ignore[arg-type,return-value]
+        self.remote.planner.enabled = use_plans
+        self.torch = RemoteNamespace(self.remote, "torch")
+
+    def send(self, header: dict[str, Any], buffers: Any = (), **kw: Any) -> None:
+        self.frames.append(copy.deepcopy(header))
+        if header["t"] == "ops":
+            self.failures += self.executor.run_ops(header["ops"], [memoryview(bytes(b)) for b in buffers])
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Queue the calls made inside and send them as one frame (as a fast loop's calls travel)."""
+        self.remote._scheduled = True  # no flush is scheduled until ours
+        try:
+            yield
+        finally:
+            self.remote.flush()
+
+    def pointer(self, entry: Any) -> Pointer:
+        return Pointer(self.remote, entry.id, owned=False)
+
+    def value(self, p: Pointer) -> Any:
+        self.remote.flush()
+        entry = self.store.lookup(p._duet_id)
+        assert entry.error is None, entry.error
+        return entry.obj
+
+
+def published() -> tuple[Store, Any, Any]:
+    store = Store()
+    g = torch.Generator().manual_seed(0)
+    x = store.publish(torch.randn(64, 5, generator=g), name="x", tags=["#x"])
+    y = store.publish(torch.randint(0, 3, (64,), generator=g), name="y", tags=["#y"])
+    return store, x, y
+
+
+def train(
+    side: Loopback, x: Any, y: Any, epochs: int = 2
+) -> tuple[list[float], dict[str, torch.Tensor], Any]:
+    torch.manual_seed(1)
+    layer = side.torch.nn.Linear(5, 3)
+    opt = side.torch.optim.SGD(layer.parameters(), lr=0.1)
+    xs, ys = side.pointer(x), side.pointer(y)
+    totals = []
+    for _ in range(epochs):
+        total = None
+        with side.batched():
+            for b in range(0, 64, 8):
+                xb, yb = xs[b : b + 8], ys[b : b + 8]
+                opt.zero_grad()
+                loss = side.torch.nn.functional.cross_entropy(side.torch.nn.functional.relu(layer(xb)), yb)
+                loss.backward()
+                opt.step()
+                total = loss.item() if total is None else total + loss.item()
+        totals.append(side.value(total))
+    module = side.value(layer)
+    return totals, {k: v.detach().clone() for k, v in module.state_dict().items()}, layer
+
+
+@pytest.fixture
+def sides() -> Iterator[tuple[tuple[Loopback, Any, Any], tuple[Loopback, Any, Any]]]:
+    s1, x1, y1 = published()
+    s2, x2, y2 = published()
+    yield (Loopback(s1, use_plans=True), x1, y1), (Loopback(s2, use_plans=False), x2, y2)
+
+
+def test_a_planned_training_loop_trains_exactly_as_its_ops_one_by_one(sides: Any) -> None:
+    (planned, x1, y1), (single, x2, y2) = sides
+    totals1, weights1, layer1 = train(planned, x1, y1)
+    totals2, weights2, layer2 = train(single, x2, y2)
+    assert totals1 == totals2
+    assert weights1.keys() == weights2.keys() and all(torch.equal(weights1[k], weights2[k]) for k in weights1)
+    assert planned.failures == [] and single.failures == []
+    ops = [op for f in planned.frames if f["t"] == "ops" for op in f["ops"]]
+    assert any(op["k"] == "run" for op in ops)
+    assert planned.executor.plans.runs > 0 and planned.executor.plans.verified_runs > 0
+    # the owner's record is as complete: every call logged (and one row per plan definition)
+    assert planned.executor.log.total == single.executor.log.total + len(planned.executor.plans)
+    # fewer objects were ever stored, and the same provenance: the layer was trained on both data sets
+    assert planned.store.lookup(layer1._duet_id).sources == {x1.id, y1.id}
+    assert single.store.lookup(layer2._duet_id).sources == {x2.id, y2.id}
+
+
+def test_kept_results_have_the_provenance_of_what_they_were_computed_from(sides: Any) -> None:
+    (planned, x, y), _ = sides
+    xs, ys = planned.pointer(x), planned.pointer(y)
+    kept = []
+    with planned.batched():
+        for b in range(0, 48, 8):
+            a = planned.torch.nn.functional.relu(xs[b : b + 8])
+            c = planned.torch.sum(a, 1)
+            labels = ys[b : b + 8] + 1
+            kept.append((c * 2, labels * 2))
+    assert planned.executor.plans.runs > 0
+    for from_x, from_y in kept:
+        assert planned.store.lookup(from_x._duet_id).sources == {x.id}
+        assert planned.store.lookup(from_y._duet_id).sources == {y.id}
+        assert planned.store.lookup(from_x._duet_id).tags == ("#x",)
+
+
+class DryRuns:
+    """Counts the dry runs the executor asks for, by path or method name."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        for fn in ("dry_run_call", "dry_run_method", "dry_run_module"):
+            real = getattr(guards, fn)
+
+            def counted(*a: Any, _real: Any = real, _fn: str = fn, **k: Any) -> Any:
+                self.names.append(a[1] if _fn != "dry_run_module" else "__call__")
+                return _real(*a, **k)
+
+            monkeypatch.setattr(guards, fn, counted)
+
+
+def define_and_run(ex: Executor, template: list[dict[str, Any]], n_in: int, n_holes: int = 0) -> Any:
+    assert ex.run_ops([{"k": "plan", "id": 1, "n": n_in, "h": n_holes, "t": template}], []) == []
+    count = [0]
+
+    def run(inputs: list[str], holes: list[Any] = (), keep: Any = None) -> tuple[list[Any], list[str]]:
+        count[0] += 1
+        outs = [f"s{count[0]}_{j}" for j in range(len(template))]
+        keep = list(range(len(template))) if keep is None else keep
+        op = {"k": "run", "id": 1, "i": inputs, "h": list(holes), "o": outs, "keep": keep}
+        return ex.run_ops([op], []), outs
+
+    return run
+
+
+def test_a_verified_run_skips_the_dry_runs_but_not_those_of_ops_with_holes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, x, _ = published()
+    ex = Executor(store)
+    run = define_and_run(
+        ex,
+        [
+            {"k": "meth", "s": "#0", "n": "__getitem__", "a": ["ptr", "$0"]},
+            {"k": "call", "p": "torch.nn.functional.relu", "a": ["list", ["ptr", "#1"]], "kw": ["dict"]},
+            {"k": "call", "p": "torch.sum", "a": ["list", ["ptr", "#2"], 1], "kw": ["dict"]},
+        ],
+        n_in=1,
+        n_holes=1,
+    )
+    dry = DryRuns(monkeypatch)
+    assert run([x.id], [["list", ["slice", 0, 8, None]]])[0] == []
+    assert dry.names == ["__getitem__", "torch.nn.functional.relu", "torch.sum"]  # the first run: all
+    dry.names.clear()
+    failures, outs = run([x.id], [["list", ["slice", 8, 16, None]]])
+    assert failures == [] and dry.names == ["__getitem__"]  # verified: only the op with a hole
+    assert torch.equal(store.lookup(outs[2]).obj, torch.relu(x.obj[8:16]).sum(1))
+    dry.names.clear()
+    run([x.id], [["list", ["slice", 60, 68, None]]])  # a shorter slice: its result differs from then on
+    assert dry.names == ["__getitem__", "torch.nn.functional.relu", "torch.sum"]
+    assert ex.plans.verified_runs == 2
+
+
+def test_a_run_whose_values_take_other_shapes_is_dry_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(Quotas(tensor_bytes=4000))
+    few = store.publish(torch.tensor([0.0, 0.0, 1.0, 0.0]), name="few")
+    many = store.publish(torch.tensor([1.0, 1.0, 1.0, 1.0]), name="many")
+    ex = Executor(store)
+    run = define_and_run(
+        ex,
+        [
+            {"k": "meth", "s": "#0", "n": "nonzero"},  # its shape depends on the values
+            {"k": "meth", "s": "#1", "n": "repeat", "a": ["list", 100, 1]},
+        ],
+        n_in=1,
+    )
+    assert run([few.id])[0] == []  # 1 x 100 int64: 800 bytes
+    assert run([few.id])[0] == [] and ex.plans.verified_runs == 1
+    dry = DryRuns(monkeypatch)
+    failures, outs = run([many.id])  # same input signature; nonzero now makes 4 rows: 3,200 bytes
+    assert dry.names == ["repeat"] and failures == []
+    ex.quotas = Quotas(tensor_bytes=2000)  # and over a tighter quota the dry run refuses it...
+    failures, outs = run([many.id])
+    assert [(oid, e.remote_type) for oid, e in failures] == [(outs[1], "QuotaExceeded")]
+    assert "would make 3,200 bytes" in failures[0][1].remote_message  # ...before making it
+
+
+def test_retyping_a_module_or_changing_the_quotas_ends_the_verification() -> None:
+    store, x, _ = published()
+    ex = Executor(store)
+    assert (
+        ex.run_ops(
+            [{"k": "call", "p": "torch.nn.Linear", "a": ["list", 5, 2], "kw": ["dict"], "o": "sL"}], []
+        )
+        == []
+    )
+    run = define_and_run(
+        ex,
+        [
+            {"k": "meth", "s": "#1", "n": "__getitem__", "a": ["list", ["slice", 0, 4, None]]},
+            {"k": "meth", "s": "#0", "n": "__call__", "a": ["list", ["ptr", "#2"]]},
+        ],
+        n_in=2,
+    )
+    for _ in range(3):
+        assert run(["sL", x.id])[0] == []
+    assert ex.plans.verified_runs == 2
+    assert ex.run_ops([{"k": "meth", "s": "sL", "n": "double", "o": "sD"}], []) == []
+    failures, _ = run(["sL", x.id])  # float64 weights on float32 data: a new signature, dry-run (and fails)
+    assert ex.plans.verified_runs == 2 and failures and failures[0][1].remote_type == "RuntimeError"
+    assert ex.run_ops([{"k": "meth", "s": "sL", "n": "float", "o": "sF"}], []) == []
+    assert run(["sL", x.id])[0] == [] and ex.plans.verified_runs == 2
+    assert run(["sL", x.id])[0] == [] and ex.plans.verified_runs == 3
+    ex.quotas = Quotas(tensor_bytes=1 << 20)
+    assert run(["sL", x.id])[0] == [] and ex.plans.verified_runs == 3
+
+
+def test_published_data_stays_read_only_inside_a_verified_run() -> None:
+    store, x, _ = published()
+    ex = Executor(store)
+    before = x.obj.clone()
+    assert (
+        ex.run_ops([{"k": "call", "p": "torch.zeros", "a": ["list", 64, 5], "kw": ["dict"], "o": "sZ"}], [])
+        == []
+    )
+    run = define_and_run(ex, [{"k": "meth", "s": "#0", "n": "add_", "a": ["list", 1]}], n_in=1)
+    assert run(["sZ"])[0] == [] and run(["sZ"])[0] == []
+    failures, outs = run([x.id])  # the same signature as the verified runs: the check still runs
+    assert [e.remote_type for _, e in failures] == ["PermissionDenied"]
+    assert torch.equal(x.obj, before) and torch.equal(store.lookup("sZ").obj, torch.full((64, 5), 2.0))
+
+
+def test_a_failing_op_is_reported_once_its_users_inherit_and_the_others_run() -> None:
+    store, x, _ = published()
+    ex = Executor(store)
+    run = define_and_run(
+        ex,
+        [
+            {"k": "call", "p": "torch.add", "a": ["list", ["ptr", "#0"], 1], "kw": ["dict"]},
+            {"k": "meth", "s": "#1", "n": "reshape", "a": ["list", 7, 7]},  # fails: 320 elements
+            {"k": "meth", "s": "#2", "n": "sum"},  # uses the failed result
+            {"k": "call", "p": "torch.mul", "a": ["list", ["ptr", "#0"], 3], "kw": ["dict"]},
+        ],
+        n_in=1,
+    )
+    for _ in range(2):
+        failures, outs = run([x.id])
+        assert [(oid, e.remote_type) for oid, e in failures] == [(outs[1], "RuntimeError")]
+        assert (
+            store.lookup(outs[2]).error is not None
+            and store.lookup(outs[2]).error.remote_type == "RuntimeError"
+        )
+        assert torch.equal(store.lookup(outs[3]).obj, x.obj * 3)
+    assert ex.plans.verified_runs == 0  # a run with a failure never verifies a signature
+    rows = [r for r in ex.log.rows() if r.path != "plan"]
+    assert [r.status for r in rows[:4]] == ["ok", "RuntimeError", "RuntimeError", "ok"]
+
+
+def test_an_unknown_input_fails_the_ops_that_use_it() -> None:
+    store, x, _ = published()
+    ex = Executor(store)
+    run = define_and_run(
+        ex,
+        [
+            {"k": "call", "p": "torch.add", "a": ["list", ["ptr", "#0"], 1], "kw": ["dict"]},
+            {"k": "call", "p": "torch.add", "a": ["list", ["ptr", "#1"], 1], "kw": ["dict"]},
+        ],
+        n_in=2,
+    )
+    failures, outs = run([x.id, "s_gone"])
+    assert [(oid, e.remote_type) for oid, e in failures] == [(outs[1], "PermissionDenied")]
+    assert torch.equal(store.lookup(outs[0]).obj, x.obj + 1)
+
+
+GOOD = [{"k": "call", "p": "torch.add", "a": ["list", ["ptr", "#0"], 1], "kw": ["dict"]}]
+
+
+@pytest.mark.parametrize(
+    "definition",
+    [
+        {
+            "k": "plan",
+            "id": 1,
+            "n": 1,
+            "t": [{"k": "call", "p": "torch.add", "a": ["list", ["ptr", "#1"]], "kw": ["dict"]}],
+        },
+        {"k": "plan", "id": 1, "n": 1, "t": [{**GOOD[0], "o": "s1"}]},
+        {"k": "plan", "id": 1, "n": 1, "t": [{**GOOD[0], "b": [0, 1]}]},
+        {"k": "plan", "id": 1, "n": 1, "t": [{"k": "put", "v": 1}]},
+        {"k": "plan", "id": 1, "n": 1, "t": [{"k": "meth", "s": "#0", "n": "double"}]},
+        {"k": "plan", "id": 1, "n": 1, "t": [{"k": "meth", "s": "x", "n": "sum"}]},
+        {
+            "k": "plan",
+            "id": 1,
+            "n": 1,
+            "t": [{"k": "call", "p": "torch.add", "a": ["list", ["tensor", 0]], "kw": ["dict"]}],
+        },
+        {
+            "k": "plan",
+            "id": 1,
+            "n": 1,
+            "h": 1,
+            "t": [{"k": "call", "p": "torch.add", "a": ["ptr", "$1"], "kw": ["dict"]}],
+        },
+        {"k": "plan", "id": 1, "n": 1, "t": []},
+        {"k": "plan", "id": 1, "n": 1, "t": GOOD * (plans.MAX_PLAN_OPS + 1)},
+        {"k": "plan", "id": "1", "n": 1, "t": GOOD},
+        {"k": "plan", "id": 1, "n": -1, "t": GOOD},
+        {"k": "plan", "id": 1, "n": 1, "t": "ops"},
+    ],
+)
+def test_a_malformed_definition_is_refused_and_the_executor_goes_on(definition: dict[str, Any]) -> None:
+    store, x, _ = published()
+    ex = Executor(store)
+    failures = ex.run_ops([definition], [])
+    assert len(failures) == 1 and failures[0][0] == "" and failures[0][1].remote_type == "ProtocolError"
+    assert len(ex.plans) == 0
+    assert (
+        ex.run_ops(
+            [{"k": "call", "p": "torch.add", "a": ["list", ["ptr", x.id], 1], "kw": ["dict"], "o": "s9"}], []
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"id": 2},
+        {"i": []},
+        {"i": [1]},
+        {"o": ["s1", "s1"]},
+        {"o": ["s1"]},
+        {"o": ["p1", "s2"]},
+        {"keep": [2]},
+        {"keep": "all"},
+        {"h": [1]},
+        {"o": None},
+    ],
+)
+def test_a_malformed_run_is_refused_and_stores_nothing_but_errors(change: dict[str, Any]) -> None:
+    store, x, _ = published()
+    ex = Executor(store)
+    template = GOOD + [{"k": "meth", "s": "#1", "n": "sum"}]
+    assert ex.run_ops([{"k": "plan", "id": 1, "n": 1, "t": template}], []) == []
+    run = {"k": "run", "id": 1, "i": [x.id], "h": [], "o": ["s1", "s2"], "keep": [0, 1], **change}
+    failures = ex.run_ops([run], [])
+    assert len(failures) == 1 and failures[0][1].remote_type == "ProtocolError"
+    for oid in ("s1", "s2"):
+        if store.holds(oid):
+            assert store.lookup(oid).error is not None and store.lookup(oid).obj is None
+    ok = {"k": "run", "id": 1, "i": [x.id], "h": [], "o": ["s7", "s8"], "keep": [1]}
+    assert ex.run_ops([ok], []) == [] and store.lookup("s8").obj == (x.obj + 1).sum()
+
+
+def test_a_hole_cannot_name_a_pointer() -> None:
+    store, x, _ = published()
+    ex = Executor(store)
+    run = define_and_run(
+        ex, [{"k": "call", "p": "torch.add", "a": ["ptr", "$0"], "kw": ["dict"]}], n_in=0, n_holes=1
+    )
+    failures, outs = run([], [["list", ["ptr", x.id], 1]])
+    assert failures[0][1].remote_type == "ProtocolError" and store.lookup(outs[0]).error is not None
+
+
+def test_the_plans_of_a_session_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plans, "MAX_PLANS", 3)
+    ex = Executor(Store())
+    for pid in (1, 2, 3):
+        assert ex.run_ops([{"k": "plan", "id": pid, "n": 1, "t": GOOD}], []) == []
+    failures = ex.run_ops([{"k": "plan", "id": 4, "n": 1, "t": GOOD}], [])
+    assert failures[0][1].remote_type == "QuotaExceeded"
+    failures = ex.run_ops([{"k": "plan", "id": 2, "n": 1, "t": GOOD}], [])
+    assert failures[0][1].remote_type == "ProtocolError"  # an id defined already
+    assert len(ex.plans) == 3
