@@ -175,12 +175,22 @@ def _builder(tree: Any, is_kwargs: bool) -> tuple[Any, ...] | None:
 
 
 class _Plan:
-    __slots__ = ("ops", "n_in", "n_holes", "verified")
+    __slots__ = ("ops", "n_in", "n_holes", "verified", "last_users")
 
     def __init__(self, ops: list[_Op], n_in: int, n_holes: int) -> None:
         self.ops = ops
         self.n_in = n_in
         self.n_holes = n_holes
+        # the results each op is the last to use: a result no one keeps is let go there, as a local loop
+        # lets go of a tensor it rebinds (autograd keeps what backward needs)
+        last = {j: j for j in range(len(ops))}  # (a result no op uses: at once)
+        for j, op in enumerate(ops):
+            for ref in op.refs:
+                if ref >= n_in:
+                    last[ref - n_in] = j
+        self.last_users: list[tuple[int, ...]] = [
+            tuple(k for k, j2 in last.items() if j2 == j) for j in range(len(ops))
+        ]
         # input signature -> (each op's result signature, whether each op changes something in place,
         # the inputs known by identity: index and weak reference)
         self.verified: dict[Any, tuple[list[Any], list[bool], tuple[tuple[int, weakref.ref[Any]], ...]]] = {}
@@ -326,6 +336,7 @@ class Plans:
             return value(int(oid[1:]))
 
         record = ex.log.record
+        kept = set(keep)
         for j, top in enumerate(ops):
             start = time.perf_counter()
             ex._last_args = ""
@@ -383,6 +394,9 @@ class Plans:
                 meta = _meta(result)
                 kind, shape = meta.get("type"), meta.get("shape")
             sigs.append(sig)
+            for k in plan.last_users[j]:
+                if k not in kept:
+                    slots[n_in + k] = None
             if expected is not None and not dry and sig != expected[j]:
                 dry = True  # from here on the run's values differ from the verified run's
                 changing = None
