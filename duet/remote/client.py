@@ -103,7 +103,9 @@ class Remote:
         while self._releases:
             releases.append(self._releases.popleft())
         with self._lock:
-            self._scheduled = False
+            # ops the user's thread queues from now on wait for the next flush, which is scheduled at
+            # the end: after the transport's own task, so that this frame is on the wire first
+            self._scheduled = True
             batch = list(self._ops)
             self._ops.clear()
             # which results still have a pointer, seen under the lock the user's thread queues ops under:
@@ -113,6 +115,18 @@ class Remote:
                 if self.planner.enabled
                 else set()
             )
+        try:
+            self._send(batch, releases, alive)
+        finally:
+            with self._lock:
+                if self._ops:
+                    loop.get_loop().call_soon(self._flush)
+                else:
+                    self._scheduled = False
+
+    def _send(
+        self, batch: list[tuple[dict[str, Any], list[Any]]], releases: list[str], alive: set[str]
+    ) -> None:
         ops: list[dict[str, Any]] = []
         buffers: list[Any] = []
         for op, bufs in batch:
