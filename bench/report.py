@@ -53,7 +53,7 @@ def expected_keys(cfg: Config) -> list[str]:
     """Every row a complete run produces for ``cfg``."""
     keys = ["connect", "rtt_median", "rtt_p99", "ping_median", "pipelined"]
     keys += [f"get_{mb:g}mb" for mb in cfg.bulk_mb] + [f"send_{mb:g}mb" for mb in cfg.bulk_mb]
-    return [*keys, "epoch", "mem_get", "mem_send", "mem_pipelined"]
+    return [*keys, "epoch", "epoch_no_plans", "mem_get", "mem_send", "mem_pipelined"]
 
 
 def build_rows(cfg: Config, res: dict[str, Any]) -> list[Row]:
@@ -146,6 +146,16 @@ def build_rows(cfg: Config, res: dict[str, Any]) -> list[Row]:
         ratio=ep["ratio"],
         met=ep["ratio"] <= 1.3,
         notes=[f"summed loss: duet {ep['duet_loss']:.4f}, local {ep['local_loss']:.4f}"],
+    )
+    add(
+        "epoch_no_plans",
+        "  (diagnostic) the same epoch, plans off (DUET_PLANS=0)",
+        ep["no_plans_seconds"],
+        "s",
+        {"same loop, local": ep["local_seconds"]},
+        "-",
+        ratio=ep["no_plans_ratio"],
+        notes=[f"summed loss {ep['no_plans_loss']:.4f}"],
     )
     for key, label in (("get", "get"), ("send", "model send")):
         mem = res[f"memory_{key}"]

@@ -183,13 +183,20 @@ def _training(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]) 
     side.owner.call("digits")
     xp, yp = side.s.store["digits_x"], side.s.store["digits_y"]
     n = min(len(y), cfg.train_samples or len(y))
-    local, remote = [], []
+    local, remote, single = [], [], []
+    planner = side.s._scientist.remote.planner  # type: ignore[union-attr]
     for rep in range(cfg.epoch_repeats + 1):
         local_seconds, local_loss = training.local_epoch(x, y, n, cfg.batch_size)
         duet_seconds, duet_loss = training.duet_epoch(side.s, xp, yp, n, cfg.batch_size)
+        planner.enabled = False  # the same epoch with every call on its own (DUET_PLANS=0), for comparison
+        try:
+            single_seconds, single_loss = training.duet_epoch(side.s, xp, yp, n, cfg.batch_size)
+        finally:
+            planner.enabled = True
         if rep:  # the first of each is the warm-up
             local.append(local_seconds)
             remote.append(duet_seconds)
+            single.append(single_seconds)
     out["epoch"] = {
         "torch_threads": {"scientist": torch.get_num_threads(), "owner": side.stats()["torch_threads"]},
         "samples": n,
@@ -201,6 +208,10 @@ def _training(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]) 
         "ratio": statistics.median(
             d / lo for d, lo in zip(remote, local)
         ),  # each epoch over the local one before it
+        "no_plans_seconds": statistics.median(single),
+        "no_plans_all": single,
+        "no_plans_ratio": statistics.median(d / lo for d, lo in zip(single, local)),
+        "no_plans_loss": single_loss,
         "local_loss": local_loss,
         "duet_loss": duet_loss,
     }
