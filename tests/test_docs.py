@@ -133,8 +133,9 @@ def _executor_op_kinds() -> set[str]:
     source = (ROOT / "duet" / "remote" / "executor.py").read_text()
     table = set(re.findall(r'^\s*"(\w+)": self\._\w+,$', source, re.M))
     special = set(re.findall(r'if kind == "(\w+)":', source))
-    assert table and special
-    return table | special
+    plans = re.search(r"_PLAN_KINDS = frozenset\(\{(.*?)\}\)", source)
+    assert table and special and plans
+    return table | special | set(re.findall(r'"(\w+)"', plans.group(1)))
 
 
 @pytest.mark.parametrize("index", range(len(of_kind("ops"))))
