@@ -351,9 +351,9 @@ def test_a_training_loop_sent_as_plans_trains_exactly_as_call_by_call(
         monkeypatch.undo()
     assert "run" in sent[True] and "run" not in sent[False] and "plan" not in sent[False]
     assert sent[True, "verified"] > 0 and sent[False, "verified"] == 0
-    assert (
-        sent[True].count("run") >= 15 and len(sent[True]) < len(sent[False]) / 2
-    )  # a run and the add, a step
+    # most steps travel as one run (and the add of the running total); a frame boundary in the middle
+    # of a step sends that step's ops on their own, so how many depends on the machine's load
+    assert sent[True].count("run") >= 10 and len(sent[True]) < 0.75 * len(sent[False])
     (total1, w1, b1), (total2, w2, b2) = results[True], results[False]
     assert total1 == total2 and torch.equal(w1, w2) and torch.equal(b1, b2)
 
