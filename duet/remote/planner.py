@@ -25,6 +25,8 @@ from . import plans
 __all__ = ["Planner", "enabled_by_env"]
 
 MIN_OPS = 3  # shortest sequence worth a plan
+_LOOKAHEAD = 64  # ops a known plan may start within (see Planner._soon_known)
+_CANDIDATES = 8  # nearest repeats of an op tried as the start of a new plan (bounds the search)
 MAX_TEMPLATES = 256  # plans one client defines (the owner accepts up to plans.MAX_PLANS)
 _PLANNED_KINDS = frozenset({"call", "meth", "attr"})
 
@@ -217,6 +219,7 @@ class Planner:
                 positions.setdefault(k, []).append(i)
         out: list[dict[str, Any]] = []
         dropped: set[str] = set()
+        starts = self._starts(keys)
         i = 0
         while i < n:
             if keys[i] is None:
@@ -227,7 +230,7 @@ class Planner:
             if step:
                 i += step
                 continue
-            if self._soon_known(keys, i):
+            if self._soon_known(starts, i):
                 out.append(ops[i])  # a known plan starts a little further on: do not define a shifted copy
                 i += 1
                 continue
@@ -260,15 +263,25 @@ class Planner:
                 return p
         return 0
 
-    def _soon_known(self, keys: list[Any], i: int) -> bool:
-        """Whether a known plan's ops (by kind and name) start within the next ops."""
+    def _starts(self, keys: list[Any]) -> list[int]:
+        """Where a plan known when the frame began starts in it (by its ops' kinds and names). A plan found
+        in this frame does not count: the same frame may then find a second plan of the same loop one op
+        later (a training step with the running loss's ``+`` at its head), which takes whole steps."""
         if not self._templates:
-            return False
-        for k in range(i + 1, min(len(keys), i + plans.MAX_PLAN_OPS)):
-            for t in self._templates.get(keys[k], ()):
-                if keys[k : k + len(t.keys)] == t.keys:
-                    return True
-        return False
+            return []
+        return [
+            k
+            for k, key in enumerate(keys)
+            if key in self._templates
+            and any(keys[k : k + len(t.keys)] == t.keys for t in self._templates[key])
+        ]
+
+    @staticmethod
+    def _soon_known(starts: list[int], i: int) -> bool:
+        """Whether a known plan starts within the next ops (then ops up to it go as they are, rather than
+        into a plan shifted against it)."""
+        k = bisect.bisect_right(starts, i)
+        return k < len(starts) and starts[k] < i + _LOOKAHEAD
 
     def _discover(
         self,
@@ -285,7 +298,8 @@ class Planner:
             return 0
         n = len(ops)
         at = positions[keys[i]]
-        for j in at[bisect.bisect_left(at, i + MIN_OPS) :]:
+        first = bisect.bisect_left(at, i + MIN_OPS)
+        for j in at[first : first + _CANDIDATES]:
             p = j - i
             if p > plans.MAX_PLAN_OPS or j + p > n:
                 break

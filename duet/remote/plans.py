@@ -19,11 +19,12 @@ gives its sources to what it may have written into (:meth:`Store.spread`), as :m
 a single op.
 
 What a run may skip is the dry runs (:mod:`duet.remote.guards`). A run whose inputs have the same types,
-shapes, dtypes and plain values as an earlier run that passed every dry run (the same modules, in the same
-mode, with no module retyped since, under the same quotas and grad mode) runs its ops without them, as long
-as each op's result keeps the type and shape it had then: the dry runs depend on nothing else, so they
-would pass again. An op that uses a hole is always dry-run, and from the first result that differs
-(``nonzero``, a smaller last batch) every later op of the run is dry-run too.
+shapes and dtypes as an earlier run that passed every dry run (the same modules, in the same mode, with no
+module retyped since, under the same quotas and grad mode) runs its ops without them, as long as each op's
+result keeps the type and shape it had then: the dry runs depend on nothing else, so they would pass
+again. Python values (a running loss, a size) count by their type only, so an op that uses one, like an op
+that uses a hole, is checked in full on every run; and from the first result that differs (``nonzero``, a
+smaller last batch) every later op of the run is dry-run too.
 
 Errors keep the semantics of single ops: a failing op's error is reported under its result id, the ops
 that use its result fail the same way without being reported again, and the other ops run.
@@ -202,7 +203,7 @@ def _sig(obj: Any, refs: list[Any]) -> Any:
     if t is torch.Tensor:
         return (t, obj.shape, obj.dtype)
     if t in _SCALARS:
-        return (t, obj)
+        return (t,)  # a Python value by its type only: every op that uses one is dry-run (see Plans.run)
     if isinstance(obj, torch.nn.Module):
         refs.append(obj)
         return ("M", id(obj), obj.training)
@@ -344,23 +345,25 @@ class Plans:
             ex._changes = False
             del used[:]
             out = n_in + j
+            # an op that uses a Python value (a running loss, a size) is checked in full every run: the
+            # run's signature knows such values by type only
+            plain = any(type(slots[r]) in _SCALARS for r in top.refs)
             guard = (
-                dry or changing is None or changing[j]
-            )  # verified: the published-data check where it found changes
+                dry or plain or changing is None or changing[j]
+            )  # verified: the check where it found changes
+            check = dry or top.holey or plain
             try:
                 if top.kind == "call":
                     fn = ex.allowlist.resolve_function(top.name)
                     args, kwargs = self._args(top, value, resolve, holes)
-                    result = ex._do_call(top.name, fn, args, kwargs, dry or top.holey, guard or top.holey)
+                    result = ex._do_call(top.name, fn, args, kwargs, check, guard or top.holey)
                 else:
                     obj = value(top.self_slot)
                     ex._path = f"{type(obj).__name__}.{top.name[:100]}"
                     if top.kind == "meth":
                         ex.allowlist.check_method(obj, top.name)
                         args, kwargs = self._args(top, value, resolve, holes)
-                        result = ex._do_meth(
-                            obj, top.name, args, kwargs, dry or top.holey, guard or top.holey
-                        )
+                        result = ex._do_meth(obj, top.name, args, kwargs, check, guard or top.holey)
                     else:
                         result = ex.allowlist.get_property(obj, top.name)
             except Exception as exc:  # noqa: BLE001 - as a single op: the error goes under its result id
