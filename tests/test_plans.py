@@ -386,6 +386,29 @@ def test_an_op_that_uses_a_python_value_is_dry_run_on_every_run(monkeypatch: pyt
     assert store.lookup(outs[1]).error is not None  # relu inherits the failure
 
 
+def test_what_a_run_holds_counts_against_the_store_quota() -> None:
+    """Results a run does not keep are never stored, but while it holds them they count as stored ones
+    would: a plan cannot hold more than the session's store quota by never keeping anything."""
+    store = Store(Quotas(store_bytes=70_000))
+    ex = Executor(store)
+    run = define_and_run(
+        ex,
+        [
+            {"k": "call", "p": "torch.zeros", "a": ["list", 8000], "kw": ["dict"]},  # 32 KB
+            {"k": "call", "p": "torch.add", "a": ["list", ["ptr", "#0"], 1], "kw": ["dict"]},
+            {"k": "call", "p": "torch.add", "a": ["list", ["ptr", "#0"], ["ptr", "#1"]], "kw": ["dict"]},
+            {"k": "meth", "s": "#2", "n": "sum"},
+        ],
+        n_in=0,
+    )
+    failures, outs = run([], keep=[3])
+    assert [(oid, e.remote_type) for oid, e in failures] == [(outs[2], "QuotaExceeded")]  # 96 KB held
+    assert store.lookup(outs[3]).error is not None and store.scientist_bytes == 0
+    ex.quotas = Quotas(store_bytes=100_000)
+    failures, outs = run([], keep=[3])
+    assert failures == [] and store.lookup(outs[3]).obj == 8000.0
+
+
 def test_retyping_a_module_or_changing_the_quotas_ends_the_verification() -> None:
     store, x, _ = published()
     ex = Executor(store)

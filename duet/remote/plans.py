@@ -338,6 +338,8 @@ class Plans:
 
         record = ex.log.record
         kept = set(keep)
+        held = 0  # bytes of the results this run holds (see the quota check after each call)
+        sizes = [0] * n
         for j, top in enumerate(ops):
             start = time.perf_counter()
             ex._last_args = ""
@@ -366,6 +368,16 @@ class Plans:
                         result = ex._do_meth(obj, top.name, args, kwargs, check, guard or top.holey)
                     else:
                         result = ex.allowlist.get_property(obj, top.name)
+                # what the run holds counts against the store's quota, as the same results stored would
+                nbytes = (
+                    0 if result is None or any(result is slots[u] for u in used) else guards._size_of(result)
+                )
+                if nbytes and store.scientist_bytes + held + nbytes > q.store_bytes:
+                    del result
+                    raise QuotaExceeded(
+                        f"{ex._path} would make the session hold {store.scientist_bytes + held + nbytes:,} bytes "
+                        f"(the store's and this run's), over its store quota of {q.store_bytes:,}"
+                    )
             except Exception as exc:  # noqa: BLE001 - as a single op: the error goes under its result id
                 if isinstance(exc, _SlotError):
                     error, inherited = exc.error, exc.inherited
@@ -380,6 +392,8 @@ class Plans:
                 continue
             changes.append(ex._changes)
             slots[out] = result
+            sizes[out] = nbytes
+            held += nbytes
             dep = deps[used[0]] if len(used) == 1 else frozenset().union(*[deps[u] for u in used])
             deps[out] = dep
             if dep and (result is None or (type(result) is torch.Tensor and store.shares_storage(result))):
@@ -400,6 +414,8 @@ class Plans:
             for k in plan.last_users[j]:
                 if k not in kept:
                     slots[n_in + k] = None
+                    held -= sizes[n_in + k]
+                    sizes[n_in + k] = 0
             if expected is not None and not dry and sig != expected[j]:
                 dry = True  # from here on the run's values differ from the verified run's
                 changing = None
