@@ -296,6 +296,10 @@ class Executor:
         args = self._decode(a, bufs, tags) if a is not None else []
         # no keyword arguments (what the client sends for a call without any) decode as they would
         kwargs = self._decode(kw, bufs, tags) if kw is not None and kw != _NO_KWARGS else {}
+        return self._accepted(args, kwargs)
+
+    def _accepted(self, args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
+        """Decoded arguments, checked to be a list and a dict with string keys, and noted for the log."""
         if isinstance(args, tuple):
             args = list(args)
         if (

@@ -42,7 +42,6 @@ import torch
 from .. import codec
 from ..errors import DuetError, ProtocolError, QuotaExceeded, RemoteError
 from . import guards
-from .activity import ArgKinds
 from .store import _meta
 
 if TYPE_CHECKING:
@@ -448,16 +447,7 @@ class Plans:
     def _args(self, top: _Op, value: Any, resolve: Any, holes: list[Any]) -> tuple[list[Any], dict[str, Any]]:
         args = _build(top.fast_args, top.args, value, resolve, holes, self._ex._q.tensor_bytes, [])
         kwargs = _build(top.fast_kwargs, top.kwargs, value, resolve, holes, self._ex._q.tensor_bytes, {})
-        if isinstance(args, tuple):
-            args = list(args)
-        if (
-            not isinstance(args, list)
-            or not isinstance(kwargs, dict)
-            or any(type(k) is not str for k in kwargs)
-        ):
-            raise ProtocolError("arguments must be a list and keyword arguments a dict with string keys")
-        self._ex._last_args = ArgKinds(args, kwargs)
-        return args, kwargs
+        return self._ex._accepted(args, kwargs)
 
     def _key(self, plan: _Plan, slots: list[Any], errors: list[Any]) -> tuple[Any, list[int]]:
         """The run's input signature and the inputs it knows by identity (None: a run that cannot be verified)."""
