@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from duet.remote import guards, planner, plans
+from duet.remote.allowlist import Allowlist
 from duet.remote.client import Remote
 from duet.remote.executor import Executor
 from duet.remote.planner import Planner
@@ -129,12 +131,41 @@ def test_later_frames_reuse_a_plan_and_a_result_with_a_pointer_is_kept() -> None
     n_plans = len(p)
     live = second[-3]["o"]  # a loss the user still holds
     out2, dropped = p.compress(copy.deepcopy(second), {live})
-    assert len(p) == n_plans and not any(op["k"] == "plan" for op in out2)  # no new definition
+    # at most one new definition: the whole loop body, the first frame's plan and the running total's `+`
+    first_plan = next(op for op in out1 if op["k"] == "plan")
+    new_plans = [op for op in out2 if op["k"] == "plan"]
+    assert len(p) == n_plans + len(new_plans) and len(new_plans) <= 1
+
+    def names(plan: dict[str, Any]) -> list[Any]:
+        return [t.get("p") or t.get("n") for t in plan["t"]]
+
+    for plan in new_plans:
+        assert names(plan) == [*names(first_plan), "__add__"]
     assert any(op["k"] == "run" for op in out2)
     assert calls(out1) + calls(out2) == [op["o"] for op in o.ops]
     assert live not in dropped
     run = next(op for op in out2 if op["k"] == "run" and live in op["o"])
     assert run["o"].index(live) in run["keep"]
+
+
+def test_the_running_totals_add_joins_the_plan_and_later_frames_prefer_the_whole_body() -> None:
+    """The first step has no `+` (the total starts as the first loss), so the plan found there is a step
+    without it; the next steps repeat the step *and* the `+`, which become one plan, and every later
+    frame runs whole steps: no op travels on its own."""
+    p = planner_on()
+    o, alive = training_ops(12)
+    per_step = 9
+    cut = 3 * per_step + 2  # three steps (the first without its `+`) and the next step's two slices
+    out1, _ = p.compress(copy.deepcopy(o.ops[:cut]), set())
+    out2, _ = p.compress(copy.deepcopy(o.ops[cut : cut + 4 * (per_step + 1)]), set())
+    out3, _ = p.compress(copy.deepcopy(o.ops[cut + 4 * (per_step + 1) :]), set(alive))
+    bodies = {op["id"]: len(op["t"]) for out in (out1, out2) for op in out if op["k"] == "plan"}
+    assert sorted(bodies.values()) == [per_step, per_step + 1]
+    assert calls(out1) + calls(out2) + calls(out3) == [op["o"] for op in o.ops]
+    whole = next(pid for pid, n in bodies.items() if n == per_step + 1)
+    assert not any(op["k"] == "plan" for op in out3)
+    later = [op for op in out3 if op["k"] != "del"]
+    assert later and all(op["k"] == "run" and op["id"] == whole for op in later[:-1])
 
 
 def test_a_constant_of_another_type_is_a_hole_not_the_same_constant() -> None:
@@ -597,3 +628,106 @@ def test_the_plans_of_a_session_are_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     failures = ex.run_ops([{"k": "plan", "id": 2, "n": 1, "t": GOOD}], [])
     assert failures[0][1].remote_type == "ProtocolError"  # an id defined already
     assert len(ex.plans) == 3
+
+
+# ---- the fast path of verified runs ----------------------------------------------------------------------
+
+
+def _put(ex: Executor, oid: str, value: torch.Tensor) -> None:
+    """A tensor of the scientist's, as a ``send`` stores it."""
+    ex.store.put(oid, value, set())
+
+
+_STEP = [
+    {"k": "call", "p": "torch.mul", "a": ["list", ["ptr", "#0"], 2.0], "kw": ["dict"]},
+    {"k": "call", "p": "torch.nn.functional.relu", "a": ["list", ["ptr", "#1"]], "kw": ["dict"]},
+    {"k": "meth", "s": "#2", "n": "sum", "a": ["list", 1], "kw": ["dict", "keepdim", True]},
+    {"k": "meth", "s": "#3", "n": "item"},
+]
+
+
+def _rows(ex: Executor, last: int) -> list[tuple[Any, ...]]:
+    return [(r.path, r.args, r.result_type, r.result_shape, r.status) for r in ex.log.rows()[-last:]]
+
+
+def test_a_verified_run_takes_the_fast_path_with_the_same_results_and_log_rows() -> None:
+    ex = Executor(Store())
+    _put(ex, "sA", torch.arange(-4.0, 4.0).reshape(1, 8))
+    run = define_and_run(ex, [dict(op) for op in _STEP[:3]], n_in=1)
+    results, rows = [], []
+    for _ in range(3):
+        failures, outs = run(["sA"])
+        assert failures == []
+        results.append(ex.store.lookup(outs[2]).obj)
+        rows.append(_rows(ex, 3))
+    assert ex.plans.verified_runs == 2 and ex.plans.fast_ops == 6  # runs 2 and 3, all three ops
+    assert all(torch.equal(r, torch.tensor([[12.0]])) for r in results)
+    assert rows[0] == rows[1] == rows[2]
+    assert rows[0] == [
+        ("torch.mul", "Tensor[1, 8], float", "Tensor", "[1, 8]", "ok"),
+        ("torch.nn.functional.relu", "Tensor[1, 8]", "Tensor", "[1, 8]", "ok"),
+        ("Tensor.sum", "int, keepdim=bool", "Tensor", "[1, 1]", "ok"),
+    ]
+
+
+def test_an_op_with_a_hole_or_a_python_value_stays_on_the_long_path() -> None:
+    ex = Executor(Store())
+    _put(ex, "sA", torch.ones(2, 3))
+    template = [
+        {"k": "meth", "s": "#0", "n": "__getitem__", "a": ["ptr", "$0"]},  # a hole
+        {"k": "meth", "s": "#1", "n": "sum"},
+        {"k": "meth", "s": "#2", "n": "item"},  # a float: the next op uses a Python value
+        {"k": "meth", "s": "#3", "n": "__add__", "a": ["list", 1.0]},
+    ]
+    run = define_and_run(ex, template, n_in=1, n_holes=1)
+    for _ in range(3):
+        failures, outs = run(["sA"], [["list", ["slice", 0, 1, None]]])
+        assert failures == [] and ex.store.lookup(outs[3]).obj == 4.0
+    assert ex.plans.verified_runs == 2 and ex.plans.fast_ops == 4  # sum and item, twice
+
+
+def test_a_fast_op_still_refuses_to_change_published_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's signature knows a tensor by its type, shape and dtype, not by whether it is published: a
+    verified in-place op that gets a published tensor of the same shape is refused like any other call."""
+    store, x, _ = published()
+    before = x.obj.clone()
+    ex = Executor(store)
+    _put(ex, "sMine", torch.zeros(64, 5))
+    template = [
+        {"k": "meth", "s": "#0", "n": "add_", "a": ["list", 1.0]},
+        {"k": "call", "p": "torch.sum", "a": ["list", ["ptr", "#0"]], "kw": ["dict"]},
+    ]
+    run = define_and_run(ex, template, n_in=1)
+    assert run(["sMine"])[0] == [] and run(["sMine"])[0] == []
+    fast = ex.plans.fast_ops
+    failures, outs = run([x.id])
+    assert ex.plans.verified_runs == 2 and ex.plans.fast_ops == fast  # add_ was refused on the fast path
+    assert [(oid, e.remote_type) for oid, e in failures] == [(outs[0], "PermissionDenied")]
+    assert torch.equal(x.obj, before)
+    assert ex.store.lookup(outs[1]).error is None  # torch.sum did not use add_'s result: it ran
+
+
+def test_a_fast_op_over_the_time_limit_fails_and_the_ops_using_it_inherit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ex = Executor(Store(Quotas(call_seconds=0.05)))
+    _put(ex, "sA", torch.ones(1, 4))
+    run = define_and_run(ex, [dict(op) for op in _STEP], n_in=1)
+    assert run(["sA"])[0] == [] and run(["sA"])[0] == []
+    real = Allowlist.call_function
+
+    def slow(self: Allowlist, path: str, args: Any, kwargs: Any) -> Any:
+        if path == "torch.nn.functional.relu":
+            time.sleep(0.1)
+        return real(self, path, args, kwargs)
+
+    monkeypatch.setattr(Allowlist, "call_function", slow)
+    failures, outs = run(["sA"])
+    assert ex.plans.verified_runs == 2
+    assert [(oid, e.remote_type) for oid, e in failures] == [(outs[1], "QuotaExceeded")]
+    assert "over the 0.05 s limit" in failures[0][1].remote_message
+    for later in outs[2:]:  # they used its result: the same error, not reported again
+        assert ex.store.lookup(later).error is not None
+    monkeypatch.undo()
+    failures, outs = run(["sA"])
+    assert failures == [] and ex.store.lookup(outs[3]).obj == 8.0

@@ -27,6 +27,7 @@ __all__ = ["Planner", "enabled_by_env"]
 MIN_OPS = 3  # shortest sequence worth a plan
 _LOOKAHEAD = 64  # ops a known plan may start within (see Planner._soon_known)
 _CANDIDATES = 8  # nearest repeats of an op tried as the start of a new plan (bounds the search)
+_GAP = 8  # ops between two runs of a known plan that _longer tries to take into a longer plan
 MAX_TEMPLATES = 256  # plans one client defines (the owner accepts up to plans.MAX_PLANS)
 _PLANNED_KINDS = frozenset({"call", "meth", "attr"})
 
@@ -195,6 +196,7 @@ class Planner:
     def __init__(self) -> None:
         self._templates: dict[Any, list[_Template]] = {}  # by their first op's kind and name
         self._count = 0
+        self._tried: set[tuple[int, tuple[Any, ...]]] = set()  # longer bodies found not to repeat (_longer)
         self.enabled = enabled_by_env()
 
     def __len__(self) -> int:
@@ -225,6 +227,10 @@ class Planner:
             if keys[i] is None:
                 out.append(ops[i])
                 i += 1
+                continue
+            step = self._longer(ops, keys, positions, i, last_use, alive, out, dropped)
+            if step:
+                i += step
                 continue
             step = self._known(ops, keys, i, last_use, alive, out, dropped)
             if step:
@@ -300,44 +306,90 @@ class Planner:
         at = positions[keys[i]]
         first = bisect.bisect_left(at, i + MIN_OPS)
         for j in at[first : first + _CANDIDATES]:
-            p = j - i
-            if p > plans.MAX_PLAN_OPS or j + p > n:
+            if j - i > plans.MAX_PLAN_OPS or 2 * j - i > n:
                 break
-            if keys[i:j] != keys[j : j + p] or None in keys[i:j]:
-                continue
-            a, b = _Segment(ops[i:j]), _Segment(ops[j : j + p])
-            if a.n_in != b.n_in:
-                continue
-            holes: dict[int, list[tuple[str, tuple[int, ...]]]] = {}
-            same = True
-            for k, (x, y) in enumerate(zip(a.ops, b.ops)):
-                if x.keys() != y.keys() or any(x[f] != y[f] for f in x if f not in ("a", "kw")):
-                    same = False
-                    break
-                for f in ("a", "kw"):
-                    if f in x:
-                        where: list[tuple[int, ...]] = []
-                        if not _holes(x[f], y[f], where, ()):
-                            same = False
-                            break
-                        if where:
-                            holes.setdefault(k, []).extend((f, path) for path in where)
-                if not same:
-                    break
-            if not same:
-                continue
-            self._count += 1
-            t = _Template(self._count, keys[i:j], a, holes)
-            values_a, values_b = t.match(a), t.match(b)
-            if values_a is None or values_b is None:  # (cannot happen: the holes came from a and b)
-                self._count -= 1
-                continue
-            self._templates.setdefault(keys[i], []).append(t)
-            out.append(t.definition)
-            out.append(self._run(t, a, values_a, j, last_use, alive, dropped))
-            out.append(self._run(t, b, values_b, j + p, last_use, alive, dropped))
-            return 2 * p
+            step = self._try(ops, keys, i, j, last_use, alive, out, dropped)
+            if step:
+                return step
         return 0
+
+    def _longer(
+        self,
+        ops: list[Any],
+        keys: list[Any],
+        positions: dict[Any, list[int]],
+        i: int,
+        last_use: dict[str, int],
+        alive: set[str],
+        out: list[Any],
+        dropped: set[str],
+    ) -> int:
+        """Where a known plan starts but the loop's body is longer: the plan, then a few ops (the running
+        loss's ``+``, left out when the plan was found on a first step without it), then the plan again.
+        The whole body becomes a plan of its own, which later frames then prefer (see _known)."""
+        if self._count >= MAX_TEMPLATES:
+            return 0
+        known = [t for t in self._templates.get(keys[i], ()) if keys[i : i + len(t.keys)] == t.keys]
+        if not known:
+            return 0
+        p = len(known[0].keys)  # the longest (see _known)
+        at = positions[keys[i]]
+        n = len(ops)
+        for j in at[bisect.bisect_right(at, i + p) :][:_CANDIDATES]:
+            if j - i - p > _GAP or j - i > plans.MAX_PLAN_OPS or 2 * j - i > n:
+                break
+            tried = (known[0].pid, tuple(keys[i + p : j]))
+            if tried in self._tried:
+                continue
+            step = self._try(ops, keys, i, j, last_use, alive, out, dropped)
+            if step:
+                return step
+            if len(self._tried) < 4096:
+                self._tried.add(tried)
+        return 0
+
+    def _try(
+        self,
+        ops: list[Any],
+        keys: list[Any],
+        i: int,
+        j: int,
+        last_use: dict[str, int],
+        alive: set[str],
+        out: list[Any],
+        dropped: set[str],
+    ) -> int:
+        """Define ops[i:j] as a plan if ops[j:2j-i] repeat it (with only constants changed), and run both."""
+        p = j - i
+        if keys[i:j] != keys[j : j + p] or None in keys[i:j]:
+            return 0
+        a, b = _Segment(ops[i:j]), _Segment(ops[j : j + p])
+        if a.n_in != b.n_in:
+            return 0
+        holes: dict[int, list[tuple[str, tuple[int, ...]]]] = {}
+        for k, (x, y) in enumerate(zip(a.ops, b.ops)):
+            if x.keys() != y.keys() or any(x[f] != y[f] for f in x if f not in ("a", "kw")):
+                return 0
+            for f in ("a", "kw"):
+                if f in x:
+                    where: list[tuple[int, ...]] = []
+                    if not _holes(x[f], y[f], where, ()):
+                        return 0
+                    if where:
+                        holes.setdefault(k, []).extend((f, path) for path in where)
+        self._count += 1
+        t = _Template(self._count, keys[i:j], a, holes)
+        values_a, values_b = t.match(a), t.match(b)
+        if values_a is None or values_b is None:  # (cannot happen: the holes came from a and b)
+            self._count -= 1
+            return 0
+        known = self._templates.setdefault(keys[i], [])
+        known.append(t)
+        known.sort(key=lambda x: -len(x.keys))  # the longest first: a whole loop body over a part of one
+        out.append(t.definition)
+        out.append(self._run(t, a, values_a, j, last_use, alive, dropped))
+        out.append(self._run(t, b, values_b, j + p, last_use, alive, dropped))
+        return 2 * p
 
     def _run(
         self,

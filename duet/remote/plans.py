@@ -41,7 +41,8 @@ import torch
 
 from .. import codec
 from ..errors import DuetError, ProtocolError, QuotaExceeded, RemoteError
-from . import guards
+from . import guards, readonly
+from .activity import ArgKinds
 from .store import _meta
 
 if TYPE_CHECKING:
@@ -192,8 +193,10 @@ class _Plan:
             tuple(k for k, j2 in last.items() if j2 == j) for j in range(len(ops))
         ]
         # input signature -> (each op's result signature, whether each op changes something in place,
-        # the inputs known by identity: index and weak reference)
-        self.verified: dict[Any, tuple[list[Any], list[bool], tuple[tuple[int, weakref.ref[Any]], ...]]] = {}
+        # the inputs known by identity: index and weak reference, each op's fast record or None)
+        self.verified: dict[
+            Any, tuple[list[Any], list[bool], tuple[tuple[int, weakref.ref[Any]], ...], list[Any]]
+        ] = {}
 
 
 def _sig(obj: Any, refs: list[Any]) -> Any:
@@ -230,6 +233,7 @@ class Plans:
         self._ops = 0
         self.runs = 0  # runs, and runs without dry runs (for tests and the bench)
         self.verified_runs = 0
+        self.fast_ops = 0  # ops run on a verified run's fast path
 
     def __len__(self) -> int:
         return len(self._plans)
@@ -315,8 +319,11 @@ class Plans:
         if found is not None and any(r() is not slots[i] for i, r in found[2]):
             found = None  # an input known by identity is another object at the same address
         expected, changing = (found[0], found[1]) if found is not None else (None, None)
+        # the ops a verified run runs on its fast path (see _fast_record), None where it takes the long one
+        fast: list[Any] | None = found[3] if found is not None else None
         dry = expected is None
         changes: list[bool] = []
+        records: list[Any] = []  # the fast records a verifying run collects
         if not dry:
             self.verified_runs += 1
         sigs: list[Any] = []
@@ -339,57 +346,120 @@ class Plans:
         kept = set(keep)
         held = 0  # bytes of the results this run holds (see the quota check after each call)
         sizes = [0] * n
+        perf = time.perf_counter
         for j, top in enumerate(ops):
-            start = time.perf_counter()
-            ex._last_args = ""
-            ex._path = top.name
-            ex._changes = False
-            del used[:]
+            start = perf()
             out = n_in + j
-            # an op that uses a Python value (a running loss, a size) is checked in full every run: the
-            # run's signature knows such values by type only
-            plain = any(type(slots[r]) in _SCALARS for r in top.refs)
-            guard = (
-                dry or plain or changing is None or changing[j]
-            )  # verified: the check where it found changes
-            check = dry or top.holey or plain
-            try:
-                if top.kind == "call":
-                    fn = ex.allowlist.resolve_function(top.name)
-                    args, kwargs = self._args(top, value, resolve, holes)
-                    result = ex._do_call(top.name, fn, args, kwargs, check, guard or top.holey)
-                else:
-                    obj = value(top.self_slot)
-                    ex._path = f"{type(obj).__name__}.{top.name[:100]}"
-                    if top.kind == "meth":
-                        ex.allowlist.check_method(obj, top.name)
-                        args, kwargs = self._args(top, value, resolve, holes)
-                        result = ex._do_meth(obj, top.name, args, kwargs, check, guard or top.holey)
+            record_j = fast[j] if fast is not None else None
+            meta: Any = None
+            if record_j is not None:
+                # the fast path: an op this run's signature has proved (no hole, no Python value), run with
+                # the checks a verified run keeps, logged as its verifying run logged it (see _fast_record)
+                path, raw, meta = record_j
+                ex._path, ex._last_args, ex._changes = path, raw, False
+                try:
+                    args, kwargs = _fast_args(top, slots)
+                    if top.kind == "call":
+                        if changing[j]:  # type: ignore[index]
+                            ex._changes = readonly.refuse_published_change(
+                                ex.allowlist,
+                                ex._published,
+                                fn=ex.allowlist.resolve_function(top.name),
+                                path=top.name,
+                                args=args,
+                                kwargs=kwargs,
+                            )
+                        t0 = perf()
+                        result = ex.allowlist.call_function(top.name, args, kwargs)
                     else:
-                        result = ex.allowlist.get_property(obj, top.name)
-                # what the run holds counts against the store's quota, as the same results stored would
-                nbytes = (
-                    0 if result is None or any(result is slots[u] for u in used) else guards._size_of(result)
-                )
-                if nbytes and store.scientist_bytes + held + nbytes > q.store_bytes:
-                    del result
-                    raise QuotaExceeded(
-                        f"{ex._path} would make the session hold {store.scientist_bytes + held + nbytes:,} bytes "
-                        f"(the store's and this run's), over its store quota of {q.store_bytes:,}"
-                    )
-            except Exception as exc:  # noqa: BLE001 - as a single op: the error goes under its result id
-                if isinstance(exc, _SlotError):
-                    error, inherited = exc.error, exc.inherited
-                else:
-                    error, inherited = ex._as_remote(exc), False
-                errors[out] = _SlotError(error, True)
-                if not inherited:
+                        obj = slots[top.self_slot]
+                        if changing[j]:  # type: ignore[index]
+                            ex._changes = readonly.refuse_published_change(
+                                ex.allowlist, ex._published, obj=obj, name=top.name, args=args, kwargs=kwargs
+                            )
+                        guards.check_items_before(obj, top.name, args, kwargs)
+                        t0 = perf()
+                        result = ex.allowlist.call_method(obj, top.name, args, kwargs)
+                    elapsed = perf() - t0
+                    if elapsed > q.call_seconds:
+                        del result
+                        raise QuotaExceeded(
+                            f"{path} ran {elapsed:.2f} s, over the {q.call_seconds:g} s limit for one call"
+                        )
+                    if type(result) is torch.Tensor:
+                        sig: Any = (torch.Tensor, result.shape, result.dtype)
+                    else:
+                        sig = _result_sig(result)
+                    if sig != expected[j] or type(result) is not torch.Tensor:  # type: ignore[index]
+                        # (a tensor of the proved type, shape and dtype passed this check in the verifying run)
+                        guards.check_result(result, q.tensor_bytes, path)
+                    used[:] = top.refs
+                    nbytes = self._held(result, slots, used, held)
+                except Exception as exc:  # noqa: BLE001 - as a single op: the error goes under its result id
+                    error = ex._as_remote(exc)
+                    errors[out] = _SlotError(error, True)
                     failures.append((outs[j], error))
-                ex._record(ex._path, ex._last_args, None, error.remote_type, start)
-                sigs.append(None)
-                changes.append(True)
-                continue
-            changes.append(ex._changes)
+                    ex._record(path, raw, None, error.remote_type, start)
+                    sigs.append(None)
+                    changes.append(True)
+                    fast = None  # the rest of the run takes the long path
+                    continue
+                changes.append(ex._changes)
+                self.fast_ops += 1
+                if sig != expected[j]:  # type: ignore[index]
+                    dry, changing, fast, meta = True, None, None, None  # from here on the run differs
+            else:
+                ex._last_args = ""
+                ex._path = top.name
+                ex._changes = False
+                del used[:]
+                # an op that uses a Python value (a running loss, a size) is checked in full every run: the
+                # run's signature knows such values by type only
+                plain = any(type(slots[r]) in _SCALARS for r in top.refs)
+                guard = (
+                    dry or plain or changing is None or changing[j]
+                )  # verified: the check where it found changes
+                check = dry or top.holey or plain
+                try:
+                    if top.kind == "call":
+                        fn = ex.allowlist.resolve_function(top.name)
+                        args, kwargs = self._args(top, value, resolve, holes)
+                        result = ex._do_call(top.name, fn, args, kwargs, check, guard or top.holey)
+                    else:
+                        obj = value(top.self_slot)
+                        ex._path = f"{type(obj).__name__}.{top.name[:100]}"
+                        if top.kind == "meth":
+                            ex.allowlist.check_method(obj, top.name)
+                            args, kwargs = self._args(top, value, resolve, holes)
+                            result = ex._do_meth(obj, top.name, args, kwargs, check, guard or top.holey)
+                        else:
+                            result = ex.allowlist.get_property(obj, top.name)
+                    nbytes = self._held(result, slots, used, held)
+                except Exception as exc:  # noqa: BLE001 - as a single op: the error goes under its result id
+                    if isinstance(exc, _SlotError):
+                        error, inherited = exc.error, exc.inherited
+                    else:
+                        error, inherited = ex._as_remote(exc), False
+                    errors[out] = _SlotError(error, True)
+                    if not inherited:
+                        failures.append((outs[j], error))
+                    ex._record(ex._path, ex._last_args, None, error.remote_type, start)
+                    sigs.append(None)
+                    changes.append(True)
+                    records.append(None)
+                    fast = None  # the ops that use its result must inherit its error: the long path
+                    continue
+                changes.append(ex._changes)
+                sig = (
+                    (torch.Tensor, result.shape, result.dtype)
+                    if type(result) is torch.Tensor
+                    else _result_sig(result)
+                )
+                if dry and expected is None:  # a verifying run: what a verified run may do on the fast path
+                    records.append(_fast_record(top, plain, ex._path, ex._last_args, result))
+                if expected is not None and not dry and sig != expected[j]:
+                    dry = True  # from here on the run's values differ from the verified run's
+                    changing = fast = None
             slots[out] = result
             sizes[out] = nbytes
             held += nbytes
@@ -400,25 +470,21 @@ class Plans:
                 store.spread(
                     _sources(entries, dep), read, [slots[u] for u in used] if result is None else [result]
                 )
-            kind: Any
-            shape: Any
-            if type(result) is torch.Tensor:
-                sig: Any = (torch.Tensor, result.shape, result.dtype)
-                kind, shape = "Tensor", tuple(result.shape)
-            else:
-                sig = _result_sig(result)
-                meta = _meta(result)
-                kind, shape = meta.get("type"), meta.get("shape")
+            if meta is None:
+                if type(result) is torch.Tensor:
+                    meta = ("Tensor", tuple(result.shape))
+                else:
+                    described = _meta(result)
+                    meta = (described.get("type"), described.get("shape"))
+            elif meta[0] == "Tensor":
+                meta = ("Tensor", tuple(result.shape))
             sigs.append(sig)
             for k in plan.last_users[j]:
                 if k not in kept:
                     slots[n_in + k] = None
                     held -= sizes[n_in + k]
                     sizes[n_in + k] = 0
-            if expected is not None and not dry and sig != expected[j]:
-                dry = True  # from here on the run's values differ from the verified run's
-                changing = None
-            record(time.time(), ex._path, ex._last_args, kind, shape, "ok", time.perf_counter() - start)
+            record(time.time(), ex._path, ex._last_args, meta[0], meta[1], "ok", perf() - start)
 
         for j in sorted(set(keep)):
             oid, out = outs[j], n_in + j
@@ -441,8 +507,22 @@ class Plans:
         if expected is None and key is not None and not failures and all(e is None for e in errors):
             if len(plan.verified) >= _VERIFIED_KEYS:
                 plan.verified.pop(next(iter(plan.verified)))
-            plan.verified[key] = (sigs, changes, tuple((i, weakref.ref(slots[i])) for i in known))
+            plan.verified[key] = (sigs, changes, tuple((i, weakref.ref(slots[i])) for i in known), records)
         return failures
+
+    def _held(self, result: Any, slots: list[Any], used: list[int], held: int) -> int:
+        """The bytes a result adds to what the run holds (none if it is one of its operands), refused if that
+        would take the session over its store quota, as the same results stored would."""
+        if result is None or any(result is slots[u] for u in used):
+            return 0
+        nbytes = guards._size_of(result)
+        store, limit = self._ex.store, self._ex._q.store_bytes
+        if nbytes and store.scientist_bytes + held + nbytes > limit:
+            raise QuotaExceeded(
+                f"{self._ex._path} would make the session hold {store.scientist_bytes + held + nbytes:,} bytes "
+                f"(the store's and this run's), over its store quota of {limit:,}"
+            )
+        return nbytes
 
     def _args(self, top: _Op, value: Any, resolve: Any, holes: list[Any]) -> tuple[list[Any], dict[str, Any]]:
         args = _build(top.fast_args, top.args, value, resolve, holes, self._ex._q.tensor_bytes, [])
@@ -468,6 +548,37 @@ class Plans:
         except TypeError:  # unhashable, or an object without weak references: every run is dry-run
             return None, []
         return key, known
+
+
+def _fast_record(top: _Op, plain: bool, path: str, args: Any, result: Any) -> tuple[str, Any, Any] | None:
+    """What a verified run needs to run op ``top`` on its fast path, from the verifying run that has just run
+    it: the log's path and argument kinds, and the result's log kind and shape (a tensor's shape is read
+    from each result). None for an op that stays on the long path: a property, an op with a hole or a Python
+    value, arguments the codec decodes, a result whose log entry the type alone does not fix."""
+    if top.kind == "attr" or top.holey or plain:
+        return None
+    if (top.args is not None and (top.fast_args is None or top.fast_args[0] == "hole")) or (
+        top.kwargs is not None and (top.fast_kwargs is None or top.fast_kwargs[0] == "hole")
+    ):
+        return None
+    if type(result) is torch.Tensor:
+        meta: Any = ("Tensor", None)
+    elif type(result) in _SCALARS:
+        described = _meta(result)
+        meta = (described.get("type"), described.get("shape"))
+    else:
+        return None
+    raw = args.raw if isinstance(args, ArgKinds) else args
+    return (path, raw, meta)
+
+
+def _fast_args(top: _Op, slots: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+    """A fast op's arguments: its constants and slots (it has no hole; see _fast_record)."""
+    fa, fk = top.fast_args, top.fast_kwargs
+    args = [] if fa is None else [slots[x] if tag else x for tag, x in fa[1]]
+    if fk is None:
+        return args, {}
+    return args, dict(zip(fk[0], [slots[x] if tag else x for tag, x in fk[1]]))
 
 
 def _build(fast: Any, tree: Any, value: Any, resolve: Any, holes: list[Any], limit: int, empty: Any) -> Any:
