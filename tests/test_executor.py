@@ -491,6 +491,24 @@ def test_dry_runs_are_cached_by_shape() -> None:
         guards.dry_run_method(torch.zeros(10**5), "repeat", [10**4], {}, 1 << 30)
 
 
+def test_basic_indexing_makes_a_view_and_is_not_dry_run_but_advanced_indexing_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x = torch.zeros(1000, 10)  # 40,000 bytes
+    runs: list[Any] = []
+    real = guards._dry
+    monkeypatch.setattr(guards, "_dry", lambda key, *a: (runs.append(key[2]), real(key, *a)))
+    for index in (slice(0, 32), (slice(None), 3), (None, Ellipsis, 0), slice(1, None, 2), 5):
+        guards.dry_run_method(x, "__getitem__", [index], {}, 100)  # a view: under any limit
+        assert x[index].untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    assert runs == []
+    many = torch.zeros(5000, dtype=torch.long)  # each row again: a copy of 200,000 bytes
+    for index in (many, [0] * 5000, (many, slice(None)), True):
+        with pytest.raises(QuotaExceeded):
+            guards.dry_run_method(x, "__getitem__", [index], {}, 100)
+    assert len(runs) == 4
+
+
 def test_quotas_can_change_during_a_session(owner: Owner) -> None:
     owner.store.quotas = dataclasses.replace(owner.store.quotas, tensor_bytes=100)
     refused(owner, owner.call("torch.zeros", 1000), "QuotaExceeded")

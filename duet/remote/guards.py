@@ -365,6 +365,20 @@ def dry_run_call(
     _dry((path, args, kwargs), run, limit, call_seconds, path)
 
 
+def _basic_index(index: Any) -> bool:
+    """Whether ``tensor[index]`` is basic indexing (ints, slices of ints, None, ``...``), which makes a
+    view: no new memory, whatever the index (a batch's slice, which changes every step)."""
+    items = index if type(index) is tuple and len(index) <= 64 else (index,)
+    for item in items:
+        t = type(item)
+        if t is slice:
+            if not all(type(v) in (int, type(None)) for v in (item.start, item.stop, item.step)):
+                return False
+        elif t is not int and item is not None and item is not Ellipsis:
+            return False  # a bool, a tensor or a list index copies (advanced indexing)
+    return True
+
+
 def dry_run_method(
     obj: Any,
     name: str,
@@ -376,6 +390,8 @@ def dry_run_method(
     """Refuse a tensor method (or operator) over ``limit`` bytes or ``call_seconds`` of counted FLOP."""
     if not isinstance(obj, torch.Tensor) or name in _NO_DRY_RUN_METHODS:
         return
+    if name == "__getitem__" and len(args) == 1 and not kwargs and _basic_index(args[0]):
+        return  # a view of the tensor: no new memory, and no time to speak of
     fn = getattr(torch.Tensor, name, None)
     if fn is None:
         return
