@@ -731,3 +731,49 @@ def test_a_fast_op_over_the_time_limit_fails_and_the_ops_using_it_inherit(
     monkeypatch.undo()
     failures, outs = run(["sA"])
     assert failures == [] and ex.store.lookup(outs[3]).obj == 8.0
+
+
+def test_matching_a_known_plan_directly_agrees_with_matching_its_segment() -> None:
+    """The planner matches a known plan against a frame's ops without building their template: it must
+    take the same ids for the same slots, and refuse what the template does not describe."""
+    p = planner_on()
+    o, _ = training_ops(4)
+    out, _ = p.compress(copy.deepcopy(o.ops), set())
+    t = next(t for known in p._templates.values() for t in known)
+    n = len(t.ops)
+
+    def step(b: int, swap: bool = False, same_slices: bool = False, later: bool = False) -> list[Any]:
+        q = Ops()
+        q.ops = [{}] * 1000  # fresh result ids
+        xb = q.meth("pX", "__getitem__", ["slice", 8 * b, 8 * b + 8, None])
+        yb = xb if same_slices else q.meth("pY", "__getitem__", ["slice", 8 * b, 8 * b + 8, None])
+        q.meth("sOpt", "zero_grad")
+        h = q.meth("sLayer", "__call__", ptr(xb))
+        h = q.call("torch.nn.functional.relu", ptr(h))
+        args = (ptr(yb), ptr(h)) if swap else (ptr(h), ptr(yb))
+        loss = q.call("torch.nn.functional.cross_entropy", *args)
+        q.meth(loss, "backward")
+        q.meth("sOpt", "step")
+        q.meth(loss, "item")
+        ops = q.ops[1000:]
+        if later:  # an op that uses a result made after it
+            ops[3] = dict(ops[3], a=["list", ptr(ops[5]["o"])])
+        return ops[:n]
+
+    variants = [
+        step(7),
+        step(7, swap=True),
+        step(7, same_slices=True),
+        step(7, later=True),
+        [dict(op, s="sLayer2") if op.get("n") == "__call__" else op for op in step(7)],  # another layer
+        [dict(op, s="sOther") if op.get("n") == "zero_grad" else op for op in step(7)],  # one more input
+        [dict(op, n="eval") if op.get("n") == "zero_grad" else op for op in step(7)],
+    ]
+    results = []
+    for window in variants:
+        seg = planner._Segment(window)
+        holes = t.match(seg)
+        want = None if holes is None else (seg.inputs, holes)
+        assert t.match_ops(window) == want
+        results.append(want is not None)
+    assert results == [True, False, False, False, True, False, False]

@@ -153,6 +153,25 @@ class _Template:
         self.ops = ops
         self.definition = {"k": "plan", "id": pid, "n": seg.n_in, "h": len(self.holes), "t": ops}
 
+    def match_ops(self, ops: list[dict[str, Any]]) -> tuple[list[str], list[Any]] | None:
+        """The input ids and hole values if ``ops`` are this template's ops with other constants (as
+        :meth:`match` of their segment, without building it), else None."""
+        b = _Binding(ops, self.n_in)
+        for j, (t, op) in enumerate(zip(self.ops, ops)):
+            b.j = j
+            if op["k"] != t["k"] or op.get("p") != t.get("p") or op.get("n") != t.get("n"):
+                return None
+            if ("s" in t) != ("s" in op) or ("s" in t and not b.slot(t["s"], op["s"])):
+                return None
+            for key in ("a", "kw"):
+                if (key in t) != (key in op):
+                    return None
+                if key in t and not b.tree(t[key], op[key]):
+                    return None
+        if len(b.inputs) != self.n_in or len(b.values) != len(self.holes):
+            return None
+        return b.inputs, [b.values[k] for k in range(len(self.holes))]
+
     def match(self, seg: _Segment) -> list[Any] | None:
         """The hole values if ``seg`` is this template with other constants, else None."""
         if seg.n_in != self.n_in:
@@ -167,6 +186,55 @@ class _Template:
         if len(values) != len(self.holes):
             return None
         return [values[k] for k in range(len(self.holes))]
+
+
+class _Binding:
+    """Matching a template against a frame's ops directly (no template of them is built): which ids its
+    input slots take, in the order :class:`_Segment` numbers them, and its holes' values."""
+
+    __slots__ = ("made", "j", "n_in", "inputs", "index", "values")
+
+    def __init__(self, ops: list[dict[str, Any]], n_in: int) -> None:
+        self.made = {op["o"]: j for j, op in enumerate(ops)}
+        self.j = 0
+        self.n_in = n_in
+        self.inputs: list[str] = []
+        self.index: dict[str, int] = {}
+        self.values: dict[int, Any] = {}
+
+    def slot(self, slot: Any, ref: Any) -> bool:
+        """Whether the op's pointer ``ref`` is what the template's ``slot`` (``#k``) stands for."""
+        if type(ref) is not str or type(slot) is not str:
+            return False
+        k = int(slot[1:])
+        m = self.made.get(ref, self.j)
+        if k >= self.n_in:  # the result of the window's op k - n_in, made before this op
+            return m < self.j and m == k - self.n_in
+        if m < self.j:  # made in the window: it cannot be an input
+            return False
+        known = self.index.get(ref)
+        if known is not None:
+            return known == k
+        if k != len(self.inputs):
+            return False
+        self.index[ref] = k
+        self.inputs.append(ref)
+        return True
+
+    def tree(self, t: Any, s: Any) -> bool:
+        if type(t) is list:
+            if len(t) == 2 and t[0] == "ptr" and type(t[1]) is str:
+                ref = t[1]
+                if ref.startswith("$"):
+                    if _has_ptr(s):
+                        return False
+                    self.values[int(ref[1:])] = s
+                    return True
+                return type(s) is list and len(s) == 2 and s[0] == "ptr" and self.slot(ref, s[1])
+            if type(s) is not list or len(s) != len(t):
+                return False
+            return all(self.tree(x, y) for x, y in zip(t, s))
+        return _same(t, s)
 
 
 def _fits(t: Any, s: Any, values: dict[int, Any]) -> bool:
@@ -262,10 +330,12 @@ class Planner:
             p = len(t.keys)
             if keys[i : i + p] != t.keys:
                 continue
-            seg = _Segment(ops[i : i + p])
-            holes = t.match(seg)
-            if holes is not None:
-                out.append(self._run(t, seg, holes, i + p, last_use, alive, dropped))
+            window = ops[i : i + p]
+            found = t.match_ops(window)
+            if found is not None:
+                inputs, holes = found
+                outs = [op["o"] for op in window]
+                out.append(self._run(t, inputs, outs, holes, i + p, last_use, alive, dropped))
                 return p
         return 0
 
@@ -387,14 +457,15 @@ class Planner:
         known.append(t)
         known.sort(key=lambda x: -len(x.keys))  # the longest first: a whole loop body over a part of one
         out.append(t.definition)
-        out.append(self._run(t, a, values_a, j, last_use, alive, dropped))
-        out.append(self._run(t, b, values_b, j + p, last_use, alive, dropped))
+        out.append(self._run(t, a.inputs, a.outs, values_a, j, last_use, alive, dropped))
+        out.append(self._run(t, b.inputs, b.outs, values_b, j + p, last_use, alive, dropped))
         return 2 * p
 
     def _run(
         self,
         t: _Template,
-        seg: _Segment,
+        inputs: list[str],
+        outs: list[str],
         holes: list[Any],
         end: int,
         last_use: dict[str, int],
@@ -402,12 +473,12 @@ class Planner:
         dropped: set[str],
     ) -> dict[str, Any]:
         keep = []
-        for k, oid in enumerate(seg.outs):
+        for k, oid in enumerate(outs):
             if oid in alive or last_use.get(oid, -1) >= end:
                 keep.append(k)
             else:
                 dropped.add(oid)
-        return {"k": "run", "id": t.pid, "i": seg.inputs, "h": holes, "o": seg.outs, "keep": keep}
+        return {"k": "run", "id": t.pid, "i": inputs, "h": holes, "o": outs, "keep": keep}
 
 
 def without(releases: Iterable[str], dropped: set[str]) -> list[str]:
