@@ -176,7 +176,7 @@ def _builder(tree: Any, is_kwargs: bool) -> tuple[Any, ...] | None:
 
 
 class _Plan:
-    __slots__ = ("ops", "n_in", "n_holes", "verified", "last_users")
+    __slots__ = ("ops", "n_in", "n_holes", "verified", "last_users", "deps")
 
     def __init__(self, ops: list[_Op], n_in: int, n_holes: int) -> None:
         self.ops = ops
@@ -192,6 +192,10 @@ class _Plan:
         self.last_users: list[tuple[int, ...]] = [
             tuple(k for k, j2 in last.items() if j2 == j) for j in range(len(ops))
         ]
+        # the inputs each slot is computed from, in a run where nothing fails (what a run finds then)
+        self.deps: list[frozenset[int]] = [frozenset([i]) for i in range(n_in)]
+        for op in ops:
+            self.deps.append(frozenset().union(*[self.deps[r] for r in op.refs]))
         # input signature -> (each op's result signature, whether each op changes something in place,
         # the inputs known by identity: index and weak reference, each op's fast record or None)
         self.verified: dict[
@@ -347,6 +351,9 @@ class Plans:
         held = 0  # bytes of the results this run holds (see the quota check after each call)
         sizes = [0] * n
         perf = time.perf_counter
+        call_function, call_method = ex.allowlist.call_function, ex.allowlist.call_method
+        refuse_change, check_items_before = readonly.refuse_published_change, guards.check_items_before
+        plan_deps, last_users = plan.deps, plan.last_users
         for j, top in enumerate(ops):
             start = perf()
             out = n_in + j
@@ -356,12 +363,16 @@ class Plans:
                 # the fast path: an op this run's signature has proved (no hole, no Python value), run with
                 # the checks a verified run keeps, logged as its verifying run logged it (see _fast_record)
                 path, raw, meta = record_j
-                ex._path, ex._last_args, ex._changes = path, raw, False
+                refs = top.refs
                 try:
-                    args, kwargs = _fast_args(top, slots)
+                    fa, fk = top.fast_args, top.fast_kwargs
+                    args = [] if fa is None else [slots[x] if tag else x for tag, x in fa[1]]
+                    kwargs = (
+                        {} if fk is None else dict(zip(fk[0], [slots[x] if tag else x for tag, x in fk[1]]))
+                    )
                     if top.kind == "call":
                         if changing[j]:  # type: ignore[index]
-                            ex._changes = readonly.refuse_published_change(
+                            refuse_change(
                                 ex.allowlist,
                                 ex._published,
                                 fn=ex.allowlist.resolve_function(top.name),
@@ -370,31 +381,49 @@ class Plans:
                                 kwargs=kwargs,
                             )
                         t0 = perf()
-                        result = ex.allowlist.call_function(top.name, args, kwargs)
+                        result = call_function(top.name, args, kwargs)
                     else:
                         obj = slots[top.self_slot]
                         if changing[j]:  # type: ignore[index]
-                            ex._changes = readonly.refuse_published_change(
+                            refuse_change(
                                 ex.allowlist, ex._published, obj=obj, name=top.name, args=args, kwargs=kwargs
                             )
-                        guards.check_items_before(obj, top.name, args, kwargs)
+                        check_items_before(obj, top.name, args, kwargs)
                         t0 = perf()
-                        result = ex.allowlist.call_method(obj, top.name, args, kwargs)
+                        result = call_method(obj, top.name, args, kwargs)
                     elapsed = perf() - t0
                     if elapsed > q.call_seconds:
                         del result
                         raise QuotaExceeded(
                             f"{path} ran {elapsed:.2f} s, over the {q.call_seconds:g} s limit for one call"
                         )
-                    if type(result) is torch.Tensor:
-                        sig: Any = (torch.Tensor, result.shape, result.dtype)
-                    else:
-                        sig = _result_sig(result)
-                    if sig != expected[j] or type(result) is not torch.Tensor:  # type: ignore[index]
+                    is_tensor = type(result) is torch.Tensor
+                    sig: Any = (
+                        (torch.Tensor, result.shape, result.dtype) if is_tensor else _result_sig(result)
+                    )
+                    same = sig == expected[j]  # type: ignore[index]
+                    if not (same and is_tensor):
                         # (a tensor of the proved type, shape and dtype passed this check in the verifying run)
                         guards.check_result(result, q.tensor_bytes, path)
-                    used[:] = top.refs
-                    nbytes = self._held(result, slots, used, held)
+                    if result is None:
+                        nbytes = 0
+                    else:
+                        for u in refs:
+                            if result is slots[u]:  # (an in-place method returns its tensor)
+                                nbytes = 0
+                                break
+                        else:
+                            nbytes = (
+                                result.numel() * result.element_size()
+                                if is_tensor
+                                else guards._size_of(result)
+                            )
+                        if nbytes and store.scientist_bytes + held + nbytes > q.store_bytes:
+                            del result
+                            raise QuotaExceeded(
+                                f"{path} would make the session hold {store.scientist_bytes + held + nbytes:,} "
+                                f"bytes (the store's and this run's), over its store quota of {q.store_bytes:,}"
+                            )
                 except Exception as exc:  # noqa: BLE001 - as a single op: the error goes under its result id
                     error = ex._as_remote(exc)
                     errors[out] = _SlotError(error, True)
@@ -404,10 +433,40 @@ class Plans:
                     changes.append(True)
                     fast = None  # the rest of the run takes the long path
                     continue
-                changes.append(ex._changes)
                 self.fast_ops += 1
-                if sig != expected[j]:  # type: ignore[index]
-                    dry, changing, fast, meta = True, None, None, None  # from here on the run differs
+                if (
+                    same
+                ):  # the op's own bookkeeping, as the long path's below (which a different result takes)
+                    slots[out] = result
+                    sizes[out] = nbytes
+                    held += nbytes
+                    dep = deps[out] = plan_deps[out]
+                    if dep and (result is None or (is_tensor and store.shares_storage(result))):
+                        read = [e for u in refs if u < n_in and (e := entries[u]) is not None]
+                        store.spread(
+                            _sources(entries, dep),
+                            read,
+                            [slots[u] for u in refs] if result is None else [result],
+                        )
+                    for k in last_users[j]:
+                        if k not in kept:
+                            slots[n_in + k] = None
+                            held -= sizes[n_in + k]
+                            sizes[n_in + k] = 0
+                    record(
+                        time.time(),
+                        path,
+                        raw,
+                        meta[0],
+                        tuple(result.shape) if is_tensor else meta[1],
+                        "ok",
+                        perf() - start,
+                    )
+                    continue
+                ex._path, ex._last_args = path, raw
+                used[:] = refs
+                changes.append(True)
+                dry, changing, fast, meta = True, None, None, None  # from here on the run differs
             else:
                 ex._last_args = ""
                 ex._path = top.name
@@ -570,15 +629,6 @@ def _fast_record(top: _Op, plain: bool, path: str, args: Any, result: Any) -> tu
         return None
     raw = args.raw if isinstance(args, ArgKinds) else args
     return (path, raw, meta)
-
-
-def _fast_args(top: _Op, slots: list[Any]) -> tuple[list[Any], dict[str, Any]]:
-    """A fast op's arguments: its constants and slots (it has no hole; see _fast_record)."""
-    fa, fk = top.fast_args, top.fast_kwargs
-    args = [] if fa is None else [slots[x] if tag else x for tag, x in fa[1]]
-    if fk is None:
-        return args, {}
-    return args, dict(zip(fk[0], [slots[x] if tag else x for tag, x in fk[1]]))
 
 
 def _build(fast: Any, tree: Any, value: Any, resolve: Any, holes: list[Any], limit: int, empty: Any) -> Any:
