@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 
+from duet import loop
 from duet.remote import guards, planner, plans
 from duet.remote.allowlist import Allowlist
 from duet.remote.client import Remote
@@ -777,3 +778,92 @@ def test_matching_a_known_plan_directly_agrees_with_matching_its_segment() -> No
         assert t.match_ops(window) == want
         results.append(want is not None)
     assert results == [True, False, False, False, True, False, False]
+
+
+# ---- a frame's unfinished step waits for the next frame -------------------------------------------------
+
+
+def test_held_from_finds_the_unfinished_step_at_a_frames_end() -> None:
+    p = planner_on()
+    o, _ = training_ops(6)
+    p.compress(copy.deepcopy(o.ops), set())  # the step's plans, known from here on
+    four = training_ops(4)[0].ops
+    base = four[:28]  # three steps, the last without its `+` (a frame may end anywhere)
+    assert p.held_from(base) == len(base)  # it ends with `item`, which begins no plan
+    for cut in (1, 2, 5, 8):  # and the first ops of the fourth step
+        assert p.held_from(base + four[29 : 29 + cut]) == len(base)
+    unknown = {"k": "meth", "s": "pX", "n": "mean", "o": "sZ"}
+    assert p.held_from([*base, *four[29:31], unknown]) == len(base) + 3  # not a step's beginning
+    p.enabled = False
+    assert p.held_from(base + four[29:31]) == len(base) + 2
+
+
+def _step(side: Loopback, xs: Any, ys: Any, layer: Any, opt: Any, b: int, total: Any) -> Any:
+    xb, yb = xs[b : b + 8], ys[b : b + 8]
+    opt.zero_grad()
+    loss = side.torch.nn.functional.cross_entropy(side.torch.nn.functional.relu(layer(xb)), yb)
+    loss.backward()
+    opt.step()
+    return loss.item() if total is None else total + loss.item()
+
+
+def test_a_frames_unfinished_step_waits_for_the_next_frame_and_loses_nothing(sides: Any) -> None:
+    (planned, x, y), (single, x2, y2) = sides
+    results = []
+    for side, px, py in ((planned, x, y), (single, x2, y2)):
+        torch.manual_seed(1)
+        layer = side.torch.nn.Linear(5, 3)
+        opt = side.torch.optim.SGD(layer.parameters(), lr=0.1)
+        xs, ys = side.pointer(px), side.pointer(py)
+        total = None
+        with side.batched():
+            for b in range(0, 32, 8):
+                total = _step(side, xs, ys, layer, opt, b, total)
+            a = xs * 2.0  # a result of the scientist's, stored
+        remote = side.remote
+        remote._scheduled = True  # as while the user's thread makes a burst of calls
+        total = _step(side, xs, ys, layer, opt, 32, total)
+        h1, h2 = a[0:8], ys[40:48]  # what begins a step (two slices), then a's last pointer goes
+        a_id = a._duet_id
+        del a
+        assert a_id in remote._releases
+        frames = len(side.frames)
+        loop.run(_async(remote._flush_burst), timeout=10)
+        if side is planned:
+            ops = side.frames[-1]["ops"]
+            assert len(side.frames) == frames + 1 and [op["k"] for op in ops if op["k"] != "del"] == ["run"]
+            held = [op["n"] for op, _ in remote._ops]  # (with the running total's `+` if a plan begins there)
+            assert held[-2:] == ["__getitem__", "__getitem__"] and held[:-2] in ([], ["__add__"])
+            assert a_id not in [i for op in ops if op["k"] == "del" for i in op["ids"]]  # its release too
+            assert a_id in remote._releases
+        results.append((side.value(total), side.value(h1), side.value(h2)))  # a blocking call sends all
+        assert not remote._ops and side.failures == []
+        assert a_id not in side.store._entries  # released once the ops that used it had run
+    assert results[0][0] == results[1][0]
+    assert torch.equal(results[0][1], x.obj[0:8] * 2.0) and torch.equal(results[0][2], y.obj[40:48])
+
+
+def test_a_held_step_leaves_on_its_own_after_a_few_milliseconds(sides: Any) -> None:
+    (planned, x, y), _ = sides
+    torch.manual_seed(1)
+    layer = planned.torch.nn.Linear(5, 3)
+    opt = planned.torch.optim.SGD(layer.parameters(), lr=0.1)
+    xs, ys = planned.pointer(x), planned.pointer(y)
+    total = None
+    with planned.batched():
+        for b in range(0, 32, 8):
+            total = _step(planned, xs, ys, layer, opt, b, total)
+    remote = planned.remote
+    remote._scheduled = True
+    head = xs[40:48]
+    loop.run(_async(remote._flush_burst), timeout=10)
+    assert len(remote._ops) == 1  # held
+    deadline = time.monotonic() + 5
+    while remote._ops and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not remote._ops
+    assert planned.store.lookup(head._duet_id).obj.shape == (8, 5)
+
+
+async def _async(fn: Any) -> None:
+    fn()

@@ -28,7 +28,7 @@ from ..errors import ConnectionError, ProtocolError, RemoteError
 from ..progress import transfer_bar
 from .allowlist import DEFAULT_ALLOWLIST
 from .handle import RequestHandle
-from .planner import Planner, without
+from .planner import Planner, refs_of, without
 from .pointer import Pointer
 from .replies import raise_remote, settle
 from .tables import Tables, default_tables
@@ -41,6 +41,7 @@ __all__ = ["Remote", "RemoteWarning", "RequestHandle", "raise_remote"]
 log = logging.getLogger("duet.remote")
 
 _NUDGE = 48  # ops queued before the user's thread lets the loop thread take them (see _queue)
+_HOLD_SECONDS = 0.005  # the longest a step's first ops wait for the rest of it (see Remote._flush_burst)
 
 
 class RemoteWarning(UserWarning):
@@ -57,6 +58,7 @@ class Remote:
         self._releases: collections.deque[str] = collections.deque()
         self._lock = threading.Lock()
         self._scheduled = False
+        self._hold_timer: asyncio.TimerHandle | None = None
         self.requests: list[RequestHandle] = []
         self.failures: dict[str, RemoteError] = {}
         self._live: weakref.WeakValueDictionary[str, Pointer] = weakref.WeakValueDictionary()
@@ -91,7 +93,7 @@ class Remote:
                 waiting = len(self._ops) == _NUDGE
             else:
                 self._scheduled = waiting = True
-                loop.get_loop().call_soon_threadsafe(self._flush)
+                loop.get_loop().call_soon_threadsafe(self._flush_burst)
         if waiting and len(self._ops) == _NUDGE:
             # a flush is due but the loop thread is waiting for the interpreter lock that this thread
             # holds (up to the 5 ms switch interval): let it go once, so that the owner starts on the
@@ -101,7 +103,15 @@ class Remote:
     def _release(self, oid: str) -> None:
         self._releases.append(oid)  # from a finalizer: no lock, no I/O
 
-    def _flush(self) -> None:
+    def _flush_burst(self) -> None:
+        """(loop thread) The flush the user's thread asks for as it queues ops: as :meth:`_flush`, but the
+        frame's last ops wait for the next frame if they begin a plan's step without finishing it (see
+        :meth:`Planner.held_from`): the step then travels whole, as one run, instead of op by op, each
+        op checked in full. A held step leaves with the next frame, the next blocking call, or after
+        ``_HOLD_SECONDS`` at the latest."""
+        self._flush(hold=True)
+
+    def _flush(self, hold: bool = False) -> None:
         """(loop thread) Send every queued op, then the releases, in one frame.
 
         Releases are drained *before* the ops are taken: an op that uses a pointer was queued while the
@@ -124,18 +134,45 @@ class Remote:
                 if self.planner.enabled
                 else set()
             )
+        held: list[tuple[dict[str, Any], list[Any]]] = []
         try:
-            self._send(batch, releases, alive)
+            held = self._send(batch, releases, alive, hold)
         finally:
             with self._lock:
-                if self._ops:
-                    loop.get_loop().call_soon(self._flush)
+                if held:  # back at the head of the queue, before anything queued meanwhile
+                    self._ops.extendleft(reversed(held))
+                if len(self._ops) > len(held):
+                    loop.get_loop().call_soon(self._flush_burst)
                 else:
-                    self._scheduled = False
+                    self._scheduled = False  # the next op queued asks for a flush again
+                    if held:  # (one timer: from the last time a step was held)
+                        if self._hold_timer is not None:
+                            self._hold_timer.cancel()
+                        self._hold_timer = loop.get_loop().call_later(_HOLD_SECONDS, self._flush)
 
     def _send(
-        self, batch: list[tuple[dict[str, Any], list[Any]]], releases: list[str], alive: set[str]
-    ) -> None:
+        self,
+        batch: list[tuple[dict[str, Any], list[Any]]],
+        releases: list[str],
+        alive: set[str],
+        hold: bool = False,
+    ) -> list[tuple[dict[str, Any], list[Any]]]:
+        """Send a batch as one frame; returns the ops held back for the next one (see _flush_burst)."""
+        held: list[tuple[dict[str, Any], list[Any]]] = []
+        if hold and self.planner.enabled:
+            try:
+                cut = self.planner.held_from([op for op, _ in batch])
+            except Exception:  # noqa: BLE001 - a planner bug must not cost the session: send everything
+                log.exception("planning a frame failed: sending ops one by one from now on")
+                self.planner.enabled = False
+                cut = len(batch)
+            batch, held = batch[:cut], batch[cut:]
+            if held:  # a held op may use pointers whose releases are queued already: they wait with it
+                used = {ref for op, _ in held for ref in refs_of(op)}
+                later = [r for r in releases if r in used]
+                if later:
+                    releases = [r for r in releases if r not in used]
+                    self._releases.extend(later)
         ops: list[dict[str, Any]] = []
         buffers: list[Any] = []
         for op, bufs in batch:
@@ -145,7 +182,7 @@ class Remote:
             ops.append(op)
         if self.planner.enabled:
             try:
-                ops, dropped = self.planner.compress(ops, alive)
+                ops, dropped = self.planner.compress(ops, alive, [op for op, _ in held])
             except Exception:  # noqa: BLE001 - a planner bug must not cost the session: send the ops as they are
                 log.exception("planning a frame failed: sending ops one by one from now on")
                 self.planner.enabled = False
@@ -155,12 +192,13 @@ class Remote:
         if releases:
             ops.append({"k": "del", "ids": releases})
         if not ops:
-            return
+            return held
         try:
             self._channel_of().send({"t": "ops", "ops": ops}, buffers)
             self.ops_sent += len(ops)
         except ConnectionError:
             pass  # the session is over; the blocking call that follows will say so
+        return held
 
     def flush(self) -> None:
         """Send what is queued now, and return once it is on the channel (not from the loop thread)."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import plans
 
-__all__ = ["Planner", "enabled_by_env"]
+__all__ = ["Planner", "enabled_by_env", "refs_of", "without"]
 
 MIN_OPS = 3  # shortest sequence worth a plan
 _LOOKAHEAD = 64  # ops a known plan may start within (see Planner._soon_known)
@@ -270,11 +270,33 @@ class Planner:
     def __len__(self) -> int:
         return self._count
 
-    def compress(self, ops: list[dict[str, Any]], alive: set[str]) -> tuple[list[dict[str, Any]], set[str]]:
+    def held_from(self, ops: list[dict[str, Any]]) -> int:
+        """Where the frame's last ops begin a known plan without finishing it (``len(ops)``: they do not).
+        The client holds those ops back for the next frame, so that the step travels whole, as one run,
+        rather than op by op (see :meth:`Remote._flush_burst`)."""
+        n = len(ops)
+        if not self.enabled or not self._templates:
+            return n
+        longest = max(len(t.keys) for known in self._templates.values() for t in known)
+        start = max(0, n - longest + 1)
+        keys = [(op["k"], op.get("p") or op.get("n")) if _plannable(op) else None for op in ops[start:]]
+        for k, key in enumerate(keys):
+            if key is None:
+                continue
+            tail = keys[k:]
+            known = self._templates.get(key, ())
+            if any(len(t.keys) > len(tail) and t.keys[: len(tail)] == tail for t in known):
+                return start + k  # (the earliest: the longest unfinished step)
+        return n
+
+    def compress(
+        self, ops: list[dict[str, Any]], alive: set[str], later: Iterable[dict[str, Any]] = ()
+    ) -> tuple[list[dict[str, Any]], set[str]]:
         """The frame's ops with repeated sequences as plan runs, and the ids those runs do not keep.
 
         ``alive``: the results made by these ops that had a live pointer when the ops were taken from the
-        queue (under the queue's lock: any op queued later can use only those)."""
+        queue (under the queue's lock: any op queued later can use only those). ``later``: ops taken with
+        them but held back for the next frame (see :meth:`held_from`): what they use is kept."""
         n = len(ops)
         if not self.enabled or n < MIN_OPS:
             return ops, set()
@@ -283,6 +305,9 @@ class Planner:
         for i, op in enumerate(ops):
             for ref in _refs(op):
                 last_use[ref] = i
+        for op in later:
+            for ref in _refs(op):
+                last_use[ref] = n
         positions: dict[Any, list[int]] = {}
         for i, k in enumerate(keys):
             if k is not None:
@@ -479,6 +504,11 @@ class Planner:
             else:
                 dropped.add(oid)
         return {"k": "run", "id": t.pid, "i": inputs, "h": holes, "o": outs, "keep": keep}
+
+
+def refs_of(op: dict[str, Any]) -> list[str]:
+    """The ids an op uses (its ``self`` and its arguments' pointers)."""
+    return _refs(op)
 
 
 def without(releases: Iterable[str], dropped: set[str]) -> list[str]:
