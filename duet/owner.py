@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import math
@@ -26,6 +27,7 @@ __all__ = ["OwnerService", "error_header"]
 
 log = logging.getLogger("duet.owner")
 
+MAX_PENDING_FRAMES = 64  # frames of calls received and not yet run before the owner reads no more
 MAX_WAITERS = 64  # messages that may wait on one request (identical requests share one)
 MAX_TIMEOUT = 7 * 86400.0  # the longest a request may wait for the owner
 CLOSE_AFTER_REFUSAL = 1.0  # seconds a refused scientist has to read the refusal before the owner hangs up
@@ -86,6 +88,7 @@ class OwnerService:
         self._welcome = tables.welcome(self.executor.allowlist)  # describes the allowlist (see tables)
         self._welcome["plans"] = True  # runs plans (duet.remote.plans): the scientist's client may send them
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="duet-exec")
+        self._pending: collections.deque[concurrent.futures.Future[None]] = collections.deque()  # frames
         self._waiting: dict[str, list[_Waiter]] = {}
         self._requests_made = 0
         self._approved = asyncio.Event()
@@ -103,9 +106,9 @@ class OwnerService:
         return {
             "hello": self._on_hello,
             "ops": self._guard(self._on_ops),
-            "meta": self._guard(self._on_meta),
-            "store": self._guard(self._on_store),
-            "req": self._guard(self._on_req),
+            "meta": self._guard(self._after_ops(self._on_meta)),
+            "store": self._guard(self._after_ops(self._on_store)),
+            "req": self._guard(self._after_ops(self._on_req)),
         }
 
     def start(self) -> None:
@@ -172,20 +175,63 @@ class OwnerService:
 
     # ---- calls, metadata, listing ---------------------------------------------------------------------
 
-    async def _on_ops(self, msg: Message) -> None:
-        ops = msg.header.get("ops")
-        try:
-            failures = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self.executor.run_ops, ops, msg.buffers
-            )
-        except DuetError as exc:
-            msg.channel.send(error_header(exc), ordered=False)
-            return
-        for oid, error in failures:
-            msg.channel.send(
-                {"t": "failed", "o": oid, "kind": error.remote_type, "message": error.remote_message},
-                ordered=False,
-            )
+    def _on_ops(self, msg: Message) -> Any:
+        """A frame of calls goes to the executor's thread, and the next message is read at once: frames
+        run back to back there, in order (one thread, first in, first out), while this thread receives
+        the next ones. The messages that read what calls made wait for the calls before them (see
+        _after_ops); so does a new frame when ``MAX_PENDING_FRAMES`` are still to run."""
+        ops, channel, buffers = msg.header.get("ops"), msg.channel, msg.buffers
+        the_loop = asyncio.get_running_loop()
+
+        def report(failures: list[tuple[str, Any]] | DuetError) -> None:  # (loop thread)
+            if isinstance(failures, DuetError):
+                channel.send(error_header(failures), ordered=False)
+                return
+            for oid, error in failures:
+                channel.send(
+                    {"t": "failed", "o": oid, "kind": error.remote_type, "message": error.remote_message},
+                    ordered=False,
+                )
+
+        def run() -> None:  # (executor thread)
+            try:
+                failures: list[tuple[str, Any]] | DuetError = self.executor.run_ops(ops, buffers)
+            except DuetError as exc:
+                failures = exc
+            except Exception:  # noqa: BLE001 - an executor bug must not stop the frames after this one
+                log.exception("running a frame of calls failed")
+                return
+            if failures:  # (before this frame counts as run: a later reply comes after them)
+                the_loop.call_soon_threadsafe(report, failures)
+
+        pending = self._pending
+        while pending and pending[0].done():
+            pending.popleft()
+        pending.append(self._pool.submit(run))
+        if len(pending) > MAX_PENDING_FRAMES:
+            return asyncio.wrap_future(pending.popleft())
+        return None
+
+    def _after_ops(self, handler: Callable[[Message], Any]) -> Callable[[Message], Any]:
+        """``handler``, once every frame of calls received before its message has run."""
+
+        def after(msg: Message) -> Any:
+            pending = self._pending
+            while pending and pending[0].done():
+                pending.popleft()
+            if not pending:
+                return handler(msg)
+            last = pending[-1]  # (the executor's one thread runs them in order: the last is the last done)
+
+            async def later() -> None:
+                await asyncio.wrap_future(last)
+                result = handler(msg)
+                if result is not None:
+                    await result
+
+            return later()
+
+        return after
 
     def _on_meta(self, msg: Message) -> None:
         try:
