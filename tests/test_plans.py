@@ -169,6 +169,19 @@ def test_the_running_totals_add_joins_the_plan_and_later_frames_prefer_the_whole
     assert later and all(op["k"] == "run" and op["id"] == whole for op in later[:-1])
 
 
+def test_a_chain_of_one_call_keeps_one_plan_over_many_frames() -> None:
+    """`y = y + 1` repeated: the plan found first is the whole loop body, not the first of ever longer
+    ones (every frame would otherwise define one more, up to the client's limit)."""
+    p = planner_on()
+    q = Ops()
+    y = "pX"
+    for _ in range(2000):
+        y = q.meth(y, "__add__", 1)
+    outs = [p.compress(copy.deepcopy(q.ops[k : k + 200]), set())[0] for k in range(0, 2000, 200)]
+    assert len(p) == 1
+    assert sum(len(op["o"]) if op["k"] == "run" else op["k"] != "plan" for out in outs for op in out) == 2000
+
+
 def test_a_constant_of_another_type_is_a_hole_not_the_same_constant() -> None:
     o = Ops()
     for scale in (2, 2.0, 2, 2.0):  # 2 == 2.0 in Python, but int and float are different results

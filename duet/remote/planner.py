@@ -428,6 +428,8 @@ class Planner:
         if not known:
             return 0
         p = len(known[0].keys)  # the longest (see _known)
+        if keys[i + p : i + 2 * p] == known[0].keys:
+            return 0  # the plan repeats right after itself: it is the loop's whole body (`y = y + 1` ...)
         at = positions[keys[i]]
         n = len(ops)
         for j in at[bisect.bisect_right(at, i + p) :][:_CANDIDATES]:
