@@ -37,8 +37,8 @@ def _dispatch(service: OwnerService, messages: list[Message]) -> list[bool]:
             early.append(result is None and bool(service._pending) and not service._pending[-1].done())
             if result is not None:
                 await result
-        await asyncio.wrap_future(service._pool.submit(lambda: None))  # the last frames, run
-        await asyncio.sleep(0.05)  # and their reports, sent
+        # the frames, run; their reports were handed to this loop before, so they have been sent too
+        await asyncio.wrap_future(service._pool.submit(lambda: None))
         return early
 
     return asyncio.run(go())

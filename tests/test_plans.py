@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -820,19 +821,26 @@ def _step(side: Loopback, xs: Any, ys: Any, layer: Any, opt: Any, b: int, total:
     return loss.item() if total is None else total + loss.item()
 
 
+def _four_steps(side: Loopback, x: Any, y: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """Four training steps in one frame (the client knows the step's plans from then on)."""
+    torch.manual_seed(1)
+    layer = side.torch.nn.Linear(5, 3)
+    opt = side.torch.optim.SGD(layer.parameters(), lr=0.1)
+    xs, ys = side.pointer(x), side.pointer(y)
+    total = None
+    with side.batched():
+        for b in range(0, 32, 8):
+            total = _step(side, xs, ys, layer, opt, b, total)
+    return layer, opt, xs, ys, total
+
+
 def test_a_frames_unfinished_step_waits_for_the_next_frame_and_loses_nothing(sides: Any) -> None:
     (planned, x, y), (single, x2, y2) = sides
     results = []
     for side, px, py in ((planned, x, y), (single, x2, y2)):
-        torch.manual_seed(1)
-        layer = side.torch.nn.Linear(5, 3)
-        opt = side.torch.optim.SGD(layer.parameters(), lr=0.1)
-        xs, ys = side.pointer(px), side.pointer(py)
-        total = None
-        with side.batched():
-            for b in range(0, 32, 8):
-                total = _step(side, xs, ys, layer, opt, b, total)
-            a = xs * 2.0  # a result of the scientist's, stored
+        layer, opt, xs, ys, total = _four_steps(side, px, py)
+        a = xs * 2.0  # a result of the scientist's
+        side.remote.flush()
         remote = side.remote
         remote._scheduled = True  # as while the user's thread makes a burst of calls
         total = _step(side, xs, ys, layer, opt, 32, total)
@@ -856,24 +864,20 @@ def test_a_frames_unfinished_step_waits_for_the_next_frame_and_loses_nothing(sid
     assert torch.equal(results[0][1], x.obj[0:8] * 2.0) and torch.equal(results[0][2], y.obj[40:48])
 
 
-def test_a_held_step_leaves_on_its_own_after_a_few_milliseconds(sides: Any) -> None:
+def test_a_held_step_leaves_on_its_own_after_a_few_milliseconds(
+    sides: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (planned, x, y), _ = sides
-    torch.manual_seed(1)
-    layer = planned.torch.nn.Linear(5, 3)
-    opt = planned.torch.optim.SGD(layer.parameters(), lr=0.1)
-    xs, ys = planned.pointer(x), planned.pointer(y)
-    total = None
-    with planned.batched():
-        for b in range(0, 32, 8):
-            total = _step(planned, xs, ys, layer, opt, b, total)
+    _, _, xs, _, _ = _four_steps(planned, x, y)
     remote = planned.remote
     remote._scheduled = True
     head = xs[40:48]
     loop.run(_async(remote._flush_burst), timeout=10)
     assert len(remote._ops) == 1  # held
-    deadline = time.monotonic() + 5
-    while remote._ops and time.monotonic() < deadline:
-        time.sleep(0.01)
+    sent = threading.Event()
+    real = planned.send
+    monkeypatch.setattr(planned, "send", lambda header, *a, **k: (real(header, *a, **k), sent.set()))
+    assert sent.wait(5)  # no other call, no flush asked for: the timer sent it
     assert not remote._ops
     assert planned.store.lookup(head._duet_id).obj.shape == (8, 5)
 
