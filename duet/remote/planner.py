@@ -8,9 +8,12 @@ changed), defines it once as a plan (a template whose pointers are *slots* and w
 owner runs a plan's ops with the same checks and the same results as the ops themselves (see
 :mod:`duet.remote.plans`).
 
-A run keeps (stores on the owner) only the results the scientist can still use: those with a live pointer,
-and those a later op of the frame uses. The others are never stored, and their releases are not sent.
-Ops that carry buffers (tensors the scientist sends), contexts, containers and releases are never planned.
+A frame that would end in the middle of a known plan's step leaves without that step's first ops
+(:meth:`Planner.held_from`): the client sends them with the next frame, so the step still travels as one
+run. A run keeps (stores on the owner) only the results the scientist can still use: those with a live
+pointer, and those a later op of the frame (or a held op) uses. The others are never stored, and their
+releases are not sent. Ops that carry buffers (tensors the scientist sends), contexts, containers and
+releases are never planned.
 """
 
 from __future__ import annotations

@@ -18,13 +18,17 @@ plan inputs it was computed from, and an op that returns nothing or writes into 
 gives its sources to what it may have written into (:meth:`Store.spread`), as :meth:`Store.put` does for
 a single op.
 
-What a run may skip is the dry runs (:mod:`duet.remote.guards`). A run whose inputs have the same types,
-shapes and dtypes as an earlier run that passed every dry run (the same modules, in the same mode, with no
-module retyped since, under the same quotas and grad mode) runs its ops without them, as long as each op's
-result keeps the type and shape it had then: the dry runs depend on nothing else, so they would pass
-again. Python values (a running loss, a size) count by their type only, so an op that uses one, like an op
-that uses a hole, is checked in full on every run; and from the first result that differs (``nonzero``, a
-smaller last batch) every later op of the run is dry-run too.
+What a run may skip is what an earlier run proved. A run whose inputs have the same types, shapes and
+dtypes as an earlier run that passed every check (the same modules, in the same mode, with no module
+retyped since, under the same quotas and grad mode) is *verified*: as long as each op's result keeps the
+type, shape and dtype it had then, its ops skip the dry runs (which depend on nothing else, so they would
+pass again), and the ops that use no hole and no Python value run on a fast path: their arguments built
+from the run's slots, the allowlist's checks and call, the published-data check where the proving run
+found that the call writes in place, the time and store-quota checks, the size check unless the result is
+a tensor of the proved shape, provenance, and the log row the proving run wrote (see :func:`_fast_record`).
+Python values (a running loss, a size) count by their type only, so an op that uses one, like an op that
+uses a hole, is checked in full on every run; and from the first result that differs (``nonzero``, a
+smaller last batch), or the first failure, every later op of the run is too.
 
 Errors keep the semantics of single ops: a failing op's error is reported under its result id, the ops
 that use its result fail the same way without being reported again, and the other ops run.
