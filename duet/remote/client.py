@@ -44,6 +44,38 @@ _NUDGE = 48  # ops queued before the user's thread lets the loop thread take the
 _HOLD_SECONDS = 0.005  # the longest a step's first ops wait for the rest of it (see Remote._flush_burst)
 
 
+_PLAIN = frozenset({type(None), bool, float, str})
+
+
+def _flat_tree(value: Any) -> list[Any] | None:
+    """What :func:`codec.encode` makes of a list of pointers and plain scalars, or of a dict of them with
+    string keys, built without its walk; None for anything else (the codec then encodes it)."""
+    t = type(value)
+    if t is list:
+        out: list[Any] = ["list"]
+        items: Any = value
+    elif t is dict:
+        out = ["dict"]
+        if not value:
+            return out
+        if not all(type(k) is str for k in value):
+            return None
+        items = [x for kv in value.items() for x in kv]
+    else:
+        return None
+    if len(items) > 32:
+        return None
+    for x in items:
+        tx = type(x)
+        if tx in _PLAIN or (tx is int and -(1 << 63) <= x < 1 << 63):
+            out.append(x)
+        elif isinstance(x, Pointer) and type(ref := x._duet_id) is str:
+            out.append(["ptr", ref])
+        else:
+            return None
+    return out
+
+
 class RemoteWarning(UserWarning):
     """A remote call failed, and its result had already been dropped (``x[0] = v``, ``loss.backward()``)."""
 
@@ -79,6 +111,9 @@ class Remote:
         return obj._duet_id if isinstance(obj, Pointer) else None
 
     def _encode(self, value: Any, buffers: list[Any]) -> Any:
+        flat = _flat_tree(value)  # most calls' arguments: pointers and plain numbers, strings, None
+        if flat is not None:
+            return flat
         try:
             return codec.encode(value, buffers, pointer_id=self._pointer_id)
         except (TypeError, ValueError) as exc:

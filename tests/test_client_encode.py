@@ -1,0 +1,78 @@
+"""The client builds the argument tree of a typical call (pointers and plain scalars) without the codec's
+walk; the tree must be exactly what the codec makes, and anything else must go through the codec."""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from duet import codec
+from duet.remote.client import Remote, _flat_tree
+from duet.remote.pointer import Pointer
+
+_REMOTE = Remote(lambda: None, lambda: "owner")  # type: ignore[arg-type,return-value]
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+
+
+def _pointer(n: int) -> Pointer:
+    return Pointer(_REMOTE, f"s{n}", owned=False)
+
+
+_items = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.binary(max_size=4),
+    st.integers(min_value=1, max_value=50).map(_pointer),
+    st.just(Level.LOW),
+    st.just(slice(1, 4)),
+    st.lists(st.integers(), max_size=2),
+    st.just(torch.zeros(2)),
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return type(a) is type(b) and (a == b or (math.isnan(a) and math.isnan(b)))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _codec(value: Any) -> Any:
+    return codec.encode(value, [], pointer_id=Remote._pointer_id)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_items, max_size=40))
+def test_a_flat_list_is_what_the_codec_makes(value: list[Any]) -> None:
+    flat = _flat_tree(value)
+    if flat is not None:
+        assert _same(flat, _codec(value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.one_of(st.text(max_size=6), st.integers(0, 3)), _items, max_size=20))
+def test_a_flat_dict_is_what_the_codec_makes(value: dict[Any, Any]) -> None:
+    flat = _flat_tree(value)
+    if flat is not None:
+        assert _same(flat, _codec(value))
+
+
+def test_a_typical_calls_arguments_take_the_short_way() -> None:
+    x = _pointer(7)
+    for value in ([x, 2], [x, 1.5, None, "mean", True], {"dim": 1, "keepdim": True}, {}, []):
+        flat = _flat_tree(value)
+        assert flat is not None and _same(flat, _codec(value))
+    for value in ([x, [1, 2]], [torch.zeros(1)], [Level.LOW], [2**64 - 1], {1: x}, [b"b"], [slice(1)]):
+        assert _flat_tree(value) is None  # the codec's own way (and its checks and errors)
