@@ -424,9 +424,8 @@ class Plans:
                             )
                         if nbytes and store.scientist_bytes + held + nbytes > q.store_bytes:
                             del result
-                            raise QuotaExceeded(
-                                f"{path} would make the session hold {store.scientist_bytes + held + nbytes:,} "
-                                f"bytes (the store's and this run's), over its store quota of {q.store_bytes:,}"
+                            raise _over_store_quota(
+                                path, store.scientist_bytes + held + nbytes, q.store_bytes
                             )
                 except Exception as exc:  # noqa: BLE001 - as a single op: the error goes under its result id
                     error = ex._as_remote(exc)
@@ -581,10 +580,7 @@ class Plans:
         nbytes = guards._size_of(result)
         store, limit = self._ex.store, self._ex._q.store_bytes
         if nbytes and store.scientist_bytes + held + nbytes > limit:
-            raise QuotaExceeded(
-                f"{self._ex._path} would make the session hold {store.scientist_bytes + held + nbytes:,} bytes "
-                f"(the store's and this run's), over its store quota of {limit:,}"
-            )
+            raise _over_store_quota(self._ex._path, store.scientist_bytes + held + nbytes, limit)
         return nbytes
 
     def _args(self, top: _Op, value: Any, resolve: Any, holes: list[Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -611,6 +607,13 @@ class Plans:
         except TypeError:  # unhashable, or an object without weak references: every run is dry-run
             return None, []
         return key, known
+
+
+def _over_store_quota(path: str, total: int, limit: int) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"{path} would make the session hold {total:,} bytes (the store's and this run's), "
+        f"over its store quota of {limit:,}"
+    )
 
 
 def _fast_record(top: _Op, plain: bool, path: str, args: Any, result: Any) -> tuple[str, Any, Any] | None:
