@@ -357,6 +357,11 @@ def define_and_run(ex: Executor, template: list[dict[str, Any]], n_in: int, n_ho
     return run
 
 
+def rows_of(n: int) -> list[Any]:
+    """A hole's value: the index ``[rows]`` (advanced indexing, which copies: it is dry-run)."""
+    return ["list", ["list", *range(n)]]
+
+
 def test_a_verified_run_skips_the_dry_runs_but_not_those_of_ops_with_holes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -373,14 +378,14 @@ def test_a_verified_run_skips_the_dry_runs_but_not_those_of_ops_with_holes(
         n_holes=1,
     )
     dry = DryRuns(monkeypatch)
-    assert run([x.id], [["list", ["slice", 0, 8, None]]])[0] == []
+    assert run([x.id], [rows_of(8)])[0] == []
     assert dry.names == ["__getitem__", "torch.nn.functional.relu", "torch.sum"]  # the first run: all
     dry.names.clear()
-    failures, outs = run([x.id], [["list", ["slice", 8, 16, None]]])
+    failures, outs = run([x.id], [["list", ["list", *range(8, 16)]]])
     assert failures == [] and dry.names == ["__getitem__"]  # verified: only the op with a hole
     assert torch.equal(store.lookup(outs[2]).obj, torch.relu(x.obj[8:16]).sum(1))
     dry.names.clear()
-    run([x.id], [["list", ["slice", 60, 68, None]]])  # a shorter slice: its result differs from then on
+    run([x.id], [rows_of(4)])  # fewer rows: its result differs from then on
     assert dry.names == ["__getitem__", "torch.nn.functional.relu", "torch.sum"]
     assert ex.plans.verified_runs == 2
 
@@ -685,20 +690,99 @@ def test_a_verified_run_takes_the_fast_path_with_the_same_results_and_log_rows()
     ]
 
 
-def test_an_op_with_a_hole_or_a_python_value_stays_on_the_long_path() -> None:
+_SLICE_STEP = [
+    {"k": "meth", "s": "#1", "n": "__getitem__", "a": ["ptr", "$0"]},  # a batch's slice: a hole
+    {"k": "meth", "s": "#2", "n": "sum"},
+    {"k": "meth", "s": "#3", "n": "item"},  # a float
+    {"k": "meth", "s": "#0", "n": "__add__", "a": ["list", ["ptr", "#4"]]},  # the running total's +
+    {"k": "meth", "s": "#5", "n": "__mul__", "a": ["list", 2]},
+]
+
+
+def _slice_runs(use_plans: bool, holes: list[Any]) -> tuple[Executor, list[Any], list[Any]]:
+    """The step above run once per hole value (planned, or as single ops), the total fed back each time:
+    the executor, each step's results, and the log rows."""
     ex = Executor(Store())
-    _put(ex, "sA", torch.ones(2, 3))
+    _put(ex, "sA", torch.arange(12.0).reshape(4, 3))
+    _put(ex, "sT", 0.5)
+    results: list[Any] = []
+    if use_plans:
+        run = define_and_run(ex, [dict(op) for op in _SLICE_STEP], n_in=2, n_holes=1)
+    total = "sT"
+    for b, hole in enumerate(holes):
+        if use_plans:
+            failures, outs = run([total, "sA"], [hole])
+        else:
+            outs, failures = [f"s{b}_{j}" for j in range(len(_SLICE_STEP))], []
+            slots = [total, "sA", *outs]
+            for j, op in enumerate(_SLICE_STEP):
+                single = json.loads(json.dumps(op).replace('"$0"', '"H"'))
+                single["s"] = slots[int(single["s"][1:])]
+                if single.get("a") == ["ptr", "H"]:
+                    single["a"] = hole
+                elif single.get("a"):
+                    single["a"] = [x if x != ["ptr", "#4"] else ["ptr", slots[4]] for x in single["a"]]
+                failures += ex.run_ops([{**single, "o": outs[j]}], [])
+        assert failures == []
+        results.append([ex.store.lookup(o).obj for o in outs[1:]])
+        total = outs[3]
+    return ex, results, _rows(ex, len(_SLICE_STEP) * len(holes))
+
+
+def test_a_batchs_slice_and_the_running_totals_arithmetic_take_the_fast_path() -> None:
+    """Basic indexing by a hole (a view whatever its bounds) and arithmetic on a Python float (constant
+    time) run on the fast path of a verified run, with the results and log rows of single ops."""
+    holes = [["list", ["slice", b, b + 2, None]] for b in (0, 1, 2)] + [["list", 3]]
+    ex, planned, rows = _slice_runs(True, holes)
+    _, single, single_rows = _slice_runs(False, holes)
+    assert ex.plans.verified_runs == 3
+    # runs 2 and 3 all five ops; run 4's index is an int: basic indexing, on the fast path, but its result
+    # (one row, not two) differs from the proved one, so the rest of that run takes the long path
+    assert ex.plans.fast_ops == 11
+    for a, b in zip(planned, single):
+        assert all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(a, b))
+    assert [r for r in rows if r[0] != "plan"] == single_rows
+    assert ("Tensor.__getitem__", "slice", "Tensor", "[2, 3]", "ok") in rows
+    assert ("float.__add__", "float", "float", "", "ok") in rows
+
+
+def test_an_index_that_copies_and_python_ints_stay_on_the_long_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    ex = Executor(Store())
+    _put(ex, "sA", torch.ones(4, 3))
+    _put(ex, "sN", 3)
     template = [
-        {"k": "meth", "s": "#0", "n": "__getitem__", "a": ["ptr", "$0"]},  # a hole
-        {"k": "meth", "s": "#1", "n": "sum"},
-        {"k": "meth", "s": "#2", "n": "item"},  # a float: the next op uses a Python value
-        {"k": "meth", "s": "#3", "n": "__add__", "a": ["list", 1.0]},
+        {"k": "meth", "s": "#1", "n": "__getitem__", "a": ["ptr", "$0"]},
+        {"k": "meth", "s": "#0", "n": "__mul__", "a": ["list", 2]},  # an int: not on the fast path
     ]
-    run = define_and_run(ex, template, n_in=1, n_holes=1)
-    for _ in range(3):
-        failures, outs = run(["sA"], [["list", ["slice", 0, 1, None]]])
-        assert failures == [] and ex.store.lookup(outs[3]).obj == 4.0
-    assert ex.plans.verified_runs == 2 and ex.plans.fast_ops == 4  # sum and item, twice
+    run = define_and_run(ex, template, n_in=2, n_holes=1)
+    for _ in range(2):
+        assert run(["sN", "sA"], [rows_of(2)])[0] == []
+    dry = DryRuns(monkeypatch)
+    failures, outs = run(["sN", "sA"], [rows_of(2)])
+    assert failures == [] and ex.store.lookup(outs[1]).obj == 6
+    assert ex.plans.verified_runs == 2 and ex.plans.fast_ops == 0
+    assert dry.names == ["__getitem__", "__mul__"]  # both checked in full on every run
+
+
+def test_a_float_op_that_fails_on_the_fast_path_is_reported_and_its_users_inherit() -> None:
+    ex = Executor(Store())
+    _put(ex, "sA", torch.ones(3))
+    template = [
+        {"k": "meth", "s": "#1", "n": "sum"},
+        {"k": "meth", "s": "#2", "n": "item"},
+        {"k": "meth", "s": "#3", "n": "__truediv__", "a": ["list", ["ptr", "#0"]]},
+        {"k": "meth", "s": "#4", "n": "__add__", "a": ["list", 1.0]},
+    ]
+    for oid, v in (("sOne", 1.0), ("sZero", 0.0)):
+        _put(ex, oid, v)
+    run = define_and_run(ex, template, n_in=2)
+    for _ in range(2):
+        assert run(["sOne", "sA"])[0] == []
+    fast = ex.plans.fast_ops
+    failures, outs = run(["sZero", "sA"])  # the same signature (floats): verified; 3.0 / 0.0 fails
+    assert ex.plans.verified_runs == 2 and ex.plans.fast_ops == fast + 2  # sum and item
+    assert [(oid, e.remote_type) for oid, e in failures] == [(outs[2], "ZeroDivisionError")]
+    assert ex.store.lookup(outs[3]).error is not None  # its user inherits the failure
 
 
 def test_a_fast_op_still_refuses_to_change_published_data(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,8 +27,10 @@ from the run's slots, the allowlist's checks and call, the published-data check 
 found that the call writes in place, the time and store-quota checks, the size check unless the result is
 a tensor of the proved shape, provenance, and the log row the proving run wrote (see :func:`_fast_record`).
 Python values (a running loss, a size) count by their type only, so an op that uses one, like an op that
-uses a hole, is checked in full on every run; and from the first result that differs (``nonzero``, a
-smaller last batch), or the first failure, every later op of the run is too.
+uses a hole, is checked in full on every run, with two exceptions that no value can make costly: arithmetic
+on a float with floats and ints (the running loss's ``+``), and basic indexing of a tensor by holes (a
+batch's slice: a view, checked to be basic indexing on every run). From the first result that differs
+(``nonzero``, a smaller last batch), or the first failure, every later op of the run is checked in full.
 
 Errors keep the semantics of single ops: a failing op's error is reported under its result id, the ops
 that use its result fail the same way without being reported again, and the other ops run.
@@ -363,17 +365,29 @@ class Plans:
             out = n_in + j
             record_j = fast[j] if fast is not None else None
             meta: Any = None
+            index: list[Any] | None = None
+            if record_j is not None and top.holey:
+                index = _index_args(top, slots, holes)
+                if index is None:  # not basic indexing this time: this op takes the long path
+                    record_j = None
             if record_j is not None:
                 # the fast path: an op this run's signature has proved (no hole, no Python value), run with
                 # the checks a verified run keeps, logged as its verifying run logged it (see _fast_record)
                 path, raw, meta = record_j
                 refs = top.refs
+                kwargs: dict[str, Any]
                 try:
-                    fa, fk = top.fast_args, top.fast_kwargs
-                    args = [] if fa is None else [slots[x] if tag else x for tag, x in fa[1]]
-                    kwargs = (
-                        {} if fk is None else dict(zip(fk[0], [slots[x] if tag else x for tag, x in fk[1]]))
-                    )
+                    if index is not None:  # a batch's slice: its kinds are logged as they come
+                        args, kwargs = index, {}
+                        raw = ArgKinds(args, kwargs).raw
+                    else:
+                        fa, fk = top.fast_args, top.fast_kwargs
+                        args = [] if fa is None else [slots[x] if tag else x for tag, x in fa[1]]
+                        kwargs = (
+                            {}
+                            if fk is None
+                            else dict(zip(fk[0], [slots[x] if tag else x for tag, x in fk[1]]))
+                        )
                     if top.kind == "call":
                         if changing[j]:  # type: ignore[index]
                             refuse_change(
@@ -518,7 +532,7 @@ class Plans:
                     else _result_sig(result)
                 )
                 if dry and expected is None:  # a verifying run: what a verified run may do on the fast path
-                    records.append(_fast_record(top, plain, ex._path, ex._last_args, result))
+                    records.append(_fast_record(top, plain, ex._path, ex._last_args, result, slots, holes))
                 if expected is not None and not dry and sig != expected[j]:
                     dry = True  # from here on the run's values differ from the verified run's
                     changing = fast = None
@@ -616,15 +630,28 @@ def _over_store_quota(path: str, total: int, limit: int) -> QuotaExceeded:
     )
 
 
-def _fast_record(top: _Op, plain: bool, path: str, args: Any, result: Any) -> tuple[str, Any, Any] | None:
+def _fast_record(
+    top: _Op, plain: bool, path: str, args: Any, result: Any, slots: list[Any], holes: list[Any]
+) -> tuple[str, Any, Any] | None:
     """What a verified run needs to run op ``top`` on its fast path, from the verifying run that has just run
     it: the log's path and argument kinds, and the result's log kind and shape (a tensor's shape is read
     from each result). None for an op that stays on the long path: a property, an op with a hole or a Python
-    value, arguments the codec decodes, a result whose log entry the type alone does not fix."""
-    if top.kind == "attr" or top.holey or plain:
+    value, arguments the codec decodes, a result whose log entry the type alone does not fix. Two such ops
+    do run on it: basic indexing of a tensor by holes (a batch's slice, a view whatever its bounds, checked
+    to be basic indexing on every run: see :func:`_index_args`), and arithmetic on a Python float with
+    floats and ints (a running loss: constant time, a float or a bool as the result; see
+    :func:`_float_op`)."""
+    if top.kind == "attr":
         return None
-    if (top.args is not None and (top.fast_args is None or top.fast_args[0] == "hole")) or (
-        top.kwargs is not None and (top.fast_kwargs is None or top.fast_kwargs[0] == "hole")
+    if top.holey:
+        if _index_args(top, slots, holes) is None or type(result) is not torch.Tensor:
+            return None
+    elif plain:
+        if not _float_op(top, slots) or type(result) not in (float, bool):
+            return None
+    if not top.holey and (
+        (top.args is not None and (top.fast_args is None or top.fast_args[0] == "hole"))
+        or (top.kwargs is not None and (top.fast_kwargs is None or top.fast_kwargs[0] == "hole"))
     ):
         return None
     if type(result) is torch.Tensor:
@@ -636,6 +663,51 @@ def _fast_record(top: _Op, plain: bool, path: str, args: Any, result: Any) -> tu
         return None
     raw = args.raw if isinstance(args, ArgKinds) else args
     return (path, raw, meta)
+
+
+def _index_args(top: _Op, slots: list[Any], holes: list[Any]) -> list[Any] | None:
+    """The arguments of ``tensor[index]`` with holes in the index, if that is basic indexing (ints, slices of
+    ints, None, ``...``: a view, see :func:`guards._basic_index`); None for any other op or index."""
+    fa = top.fast_args
+    if top.kind != "meth" or top.name != "__getitem__" or top.kwargs is not None or fa is None:
+        return None
+    if type(slots[top.self_slot]) is not torch.Tensor:
+        return None
+    if fa[0] == "hole":
+        args = holes[fa[1]]
+    elif fa[0] is None:
+        args = [x if tag == 0 else (slots[x] if tag == 1 else holes[x]) for tag, x in fa[1]]
+    else:
+        return None
+    if type(args) is not list or len(args) != 1 or not guards._basic_index(args[0]):
+        return None
+    return args
+
+
+# what a Python float may do on the fast path: arithmetic and comparisons, none of them in place
+_FLOAT_OPS = frozenset(
+    {"__abs__", "__add__", "__eq__", "__floordiv__", "__ge__", "__gt__", "__le__", "__lt__", "__mod__",
+     "__mul__", "__ne__", "__neg__", "__pow__", "__radd__", "__rfloordiv__", "__rmod__", "__rmul__",
+     "__rpow__", "__rsub__", "__rtruediv__", "__sub__", "__truediv__"}
+)  # fmt: skip
+
+
+def _float_op(top: _Op, slots: list[Any]) -> bool:
+    """Whether ``top`` is arithmetic on a Python float with floats and ints (slots or constants) and no
+    keywords: it takes constant time (a huge int fails to convert, it does not run long) and its result is a
+    float or a bool."""
+    if top.kind != "meth" or top.name not in _FLOAT_OPS or top.kwargs is not None:
+        return False
+    if type(slots[top.self_slot]) is not float:
+        return False
+    fa = top.fast_args
+    if top.args is None:
+        return True
+    if fa is None or fa[0] is not None:
+        return False
+    return all(type(slots[x] if tag == 1 else x) in (float, int) for tag, x in fa[1] if tag != 2) and all(
+        tag != 2 for tag, _ in fa[1]
+    )
 
 
 def _build(fast: Any, tree: Any, value: Any, resolve: Any, holes: list[Any], limit: int, empty: Any) -> Any:
