@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +92,7 @@ class Remote:
         self._hold_timer: asyncio.TimerHandle | None = None
         self.requests: list[RequestHandle] = []
         self.failures: dict[str, RemoteError] = {}
-        self._live: weakref.WeakValueDictionary[str, Pointer] = weakref.WeakValueDictionary()
+        self._live: set[str] = set()  # the results the scientist's own pointers hold (see _emit, _release)
         self._dropped: collections.deque[RemoteError] = collections.deque(maxlen=100)
         self.refused: collections.deque[RemoteError] = collections.deque(maxlen=1000)
         self.ops_sent = 0
@@ -136,7 +135,8 @@ class Remote:
             time.sleep(0)
 
     def _release(self, oid: str) -> None:
-        self._releases.append(oid)  # from a finalizer: no lock, no I/O
+        self._live.discard(oid)  # from a pointer's finalizer: no lock, no I/O
+        self._releases.append(oid)
 
     def _flush_burst(self) -> None:
         """(loop thread) The flush the user's thread asks for as it queues ops: as :meth:`_flush`, but the
@@ -299,7 +299,7 @@ class Remote:
         oid = self.new_id()
         op["o"] = oid
         ptr = self._new_pointer(oid)
-        self._live[oid] = ptr
+        self._live.add(oid)
         self._queue(op, buffers)
         return ptr
 

@@ -6,7 +6,6 @@ A pointer's own attributes all start with ``_duet`` or are the few documented me
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,7 +26,7 @@ _MUTABLE_TYPES = frozenset({"list", "dict", "OrderedDict"})
 class Pointer:
     """A reference to an object held by the owner. Every call on it returns a new pointer at once."""
 
-    __slots__ = ("_duet_remote", "_duet_id", "_duet_meta", "_duet_finalizer", "__weakref__")
+    __slots__ = ("_duet_remote", "_duet_id", "_duet_meta", "_duet_owned", "__weakref__")
 
     def __init__(
         self, remote: Remote, oid: str, meta: dict[str, Any] | None = None, owned: bool = True
@@ -35,7 +34,17 @@ class Pointer:
         self._duet_remote = remote
         self._duet_id = oid
         self._duet_meta = meta
-        self._duet_finalizer = weakref.finalize(self, remote._release, oid) if owned else None
+        self._duet_owned = owned  # the owner's object is released when this pointer goes (or on delete())
+
+    def __del__(self) -> None:
+        # (a pointer's last reference is gone: a deque append, no lock and no I/O, in whatever thread
+        # drops it; cheaper per pointer than a weakref.finalize, which a training loop makes by thousands)
+        try:
+            if self._duet_owned:
+                self._duet_owned = False
+                self._duet_remote._release(self._duet_id)
+        except Exception:  # noqa: BLE001 - never raise from a finalizer (a half-built pointer, shutdown)
+            pass
 
     # ---- the documented methods ---------------------------------------------------------------------
 
@@ -65,8 +74,9 @@ class Pointer:
 
     def delete(self) -> None:
         """Free the owner's object now (published objects are never freed); the pointer is unusable after."""
-        if self._duet_finalizer is not None and self._duet_finalizer.alive:
-            self._duet_finalizer()
+        if self._duet_owned:
+            self._duet_owned = False
+            self._duet_remote._release(self._duet_id)
             self._duet_remote.flush_soon()
 
     # ---- remote attributes ---------------------------------------------------------------------------
