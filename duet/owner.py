@@ -88,7 +88,7 @@ class OwnerService:
         self._welcome = tables.welcome(self.executor.allowlist)  # describes the allowlist (see tables)
         self._welcome["plans"] = True  # runs plans (duet.remote.plans): the scientist's client may send them
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="duet-exec")
-        self._pending: collections.deque[concurrent.futures.Future[None]] = collections.deque()  # frames
+        self._pending: collections.deque[asyncio.Future[None]] = collections.deque()  # frames
         self._waiting: dict[str, list[_Waiter]] = {}
         self._requests_made = 0
         self._approved = asyncio.Event()
@@ -193,23 +193,43 @@ class OwnerService:
                     ordered=False,
                 )
 
-        def run() -> None:  # (executor thread)
+        # the frame counts as run once its failures are on their way, on this thread: a reply that waits
+        # for it (see _after_ops) then leaves after them
+        done: asyncio.Future[None] = the_loop.create_future()
+
+        def finish(failures: list[tuple[str, Any]] | DuetError | None) -> None:  # (loop thread)
             try:
-                failures: list[tuple[str, Any]] | DuetError = self.executor.run_ops(ops, buffers)
+                if failures:
+                    report(failures)
+            finally:
+                if not done.done():
+                    done.set_result(None)
+
+        def run() -> None:  # (executor thread)
+            failures: list[tuple[str, Any]] | DuetError | None = None
+            try:
+                failures = self.executor.run_ops(ops, buffers)
             except DuetError as exc:
                 failures = exc
             except Exception:  # noqa: BLE001 - an executor bug must not stop the frames after this one
                 log.exception("running a frame of calls failed")
-                return
-            if failures:  # (before this frame counts as run: a later reply comes after them)
-                the_loop.call_soon_threadsafe(report, failures)
+            finally:
+                try:
+                    the_loop.call_soon_threadsafe(finish, failures)
+                except RuntimeError:  # the loop is closed: the session is over
+                    pass
 
         pending = self._pending
         while pending and pending[0].done():
             pending.popleft()
-        pending.append(self._pool.submit(run))
+        pending.append(done)
+        try:
+            self._pool.submit(run)
+        except RuntimeError:  # the executor is shut down (the session is closing): nothing will run
+            done.set_result(None)
+            raise
         if len(pending) > MAX_PENDING_FRAMES:
-            return asyncio.wrap_future(pending.popleft())
+            return pending.popleft()
         return None
 
     def _after_ops(self, handler: Callable[[Message], Any]) -> Callable[[Message], Any]:
@@ -224,7 +244,7 @@ class OwnerService:
             last = pending[-1]  # (the executor's one thread runs them in order: the last is the last done)
 
             async def later() -> None:
-                await asyncio.wrap_future(last)
+                await last
                 result = handler(msg)
                 if result is not None:
                     await result

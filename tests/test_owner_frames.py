@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import torch
@@ -103,4 +104,38 @@ def test_the_owner_stops_reading_when_too_many_frames_wait(monkeypatch: Any) -> 
     asyncio.run(go())
     assert waited and waited[0] == 3  # the fourth frame waited for the first
     assert [service.store.lookup(f"s{i}").obj for i in range(1, 6)] == [1, 2, 3, 4, 5]
+    service.close()
+
+
+def test_a_reply_waits_for_the_failures_of_a_frame_that_has_just_run(monkeypatch: Any) -> None:
+    """A frame can finish in the executor's thread while the loop thread is busy: until the loop thread has
+    sent its failures, a reply that waits for it still waits (or it would overtake them)."""
+    service = OwnerService(requester=lambda: "scientist")
+    x = service.store.publish(torch.arange(3.0), name="x")
+    ran = threading.Event()
+    real = service.executor.run_ops
+
+    def run_ops(ops: Any, buffers: Any) -> Any:
+        try:
+            return real(ops, buffers)
+        finally:
+            ran.set()
+
+    monkeypatch.setattr(service.executor, "run_ops", run_ops)
+    channel = FakeChannel()
+    frame = {"t": "ops", "ops": [{"k": "call", "o": "s1", "p": "torch.nonexistent", "a": ["list"]}]}
+    meta = {"t": "meta", "o": x.id, "id": 3}
+
+    async def go() -> None:
+        handlers = service.handlers()
+        assert handlers["ops"](Message(frame, [], channel)) is None  # type: ignore[arg-type]
+        assert ran.wait(5)
+        time.sleep(0.05)  # noqa: ASYNC251 - the loop thread, busy: the frame has run, its report waits
+        result = handlers["meta"](Message(meta, [], channel))  # type: ignore[arg-type]
+        if result is not None:
+            await result
+        await asyncio.sleep(0)
+
+    asyncio.run(go())
+    assert [h["t"] for h in channel.sent] == ["failed", "meta"]
     service.close()
