@@ -71,3 +71,28 @@ def test_quick_benchmark_reports_every_row(tmp_path: Path) -> None:
     assert all(
         rows[k]["met"] is not None for k in expected if not k.startswith(("mem_", "ping_", "epoch_no"))
     )
+
+
+def test_the_replay_trains_as_the_local_loop_and_reports_each_call() -> None:
+    """``python -m bench.replay``: the owner's executor alone replays a recorded session; the replayed
+    epoch trains exactly as the local one (the same summed loss), and the report lists its calls."""
+    from bench import replay, training
+
+    x, y = training.digits()
+    rec = replay.record(x, y, 3, 96)
+    assert len(rec.marks) == 4 and rec.marks[-1] == len(rec.frames)
+    rows: dict[str, list[tuple[float, float]]] = {}
+    seconds, fast, loss = replay.replay(rec, x, y, rows)
+    _, local_loss = training.local_epoch(x, y, 96, replay.BATCH)
+    assert loss == local_loss
+    assert seconds > 0 and fast > 0  # the last epoch's runs are verified: calls take the fast path
+    assert len(rows["Tensor.backward"]) == 3 and all(d >= inside > 0 for d, inside in rows["Tensor.backward"])
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.replay", "--pairs", "1", "--samples", "96"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Tensor.backward" in done.stdout and "ratio" in done.stdout
