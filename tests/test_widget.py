@@ -159,12 +159,15 @@ def test_clicking_while_another_thread_submits(clock: FakeClock, caplog: pytest.
     submitted: list[Request] = []
     errors: list[BaseException] = []
     started = threading.Event()
+    clicking = threading.Event()
 
     def submitter() -> None:
         try:
             for i in range(300):
                 submitted.append(queue.submit(req(f"r{i}")))
                 started.set()
+                if i == 10:  # (so that some clicks surely race the submissions: the GIL may not switch)
+                    clicking.wait(10)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:
@@ -180,6 +183,7 @@ def test_clicking_while_another_thread_submits(clock: FakeClock, caplog: pytest.
             button.click()
             clicks += 1
             clicked_while_submitting += thread.is_alive()
+            clicking.set()
     thread.join(30)
     assert errors == [] and len(submitted) == 300
     assert clicked_while_submitting > 0  # the clicks really raced the submissions
