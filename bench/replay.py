@@ -136,27 +136,25 @@ def _per_call(rows: dict[str, list[tuple[float, float]]]) -> Iterator[None]:
     real_method, real_function = allowlist.Allowlist.call_method, allowlist.Allowlist.call_function
     real_record = activity.ActivityLog.record
 
-    def call_method(self: Any, *args: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return real_method(self, *args)
-        finally:
-            inside[0] += time.perf_counter() - start
+    def timed(real: Any) -> Any:
+        def call(self: Any, *args: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return real(self, *args)
+            finally:
+                inside[0] += time.perf_counter() - start
 
-    def call_function(self: Any, *args: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return real_function(self, *args)
-        finally:
-            inside[0] += time.perf_counter() - start
+        return call
+
+    call_method, call_function = timed(real_method), timed(real_function)
 
     def record_row(self: Any, when: float, path: str, *rest: Any) -> None:
         rows.setdefault(path, []).append((rest[-1], inside[0]))
         inside[0] = 0.0
         real_record(self, when, path, *rest)
 
-    allowlist.Allowlist.call_method = call_method  # type: ignore[method-assign,assignment]
-    allowlist.Allowlist.call_function = call_function  # type: ignore[method-assign,assignment]
+    allowlist.Allowlist.call_method = call_method  # type: ignore[method-assign]
+    allowlist.Allowlist.call_function = call_function  # type: ignore[method-assign]
     activity.ActivityLog.record = record_row  # type: ignore[method-assign,assignment]
     try:
         yield
