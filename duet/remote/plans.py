@@ -705,9 +705,7 @@ def _float_op(top: _Op, slots: list[Any]) -> bool:
         return True
     if fa is None or fa[0] is not None:
         return False
-    return all(type(slots[x] if tag == 1 else x) in (float, int) for tag, x in fa[1] if tag != 2) and all(
-        tag != 2 for tag, _ in fa[1]
-    )
+    return all(tag != 2 and type(slots[x] if tag == 1 else x) in (float, int) for tag, x in fa[1])
 
 
 def _build(fast: Any, tree: Any, value: Any, resolve: Any, holes: list[Any], limit: int, empty: Any) -> Any:
