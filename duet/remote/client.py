@@ -39,7 +39,9 @@ __all__ = ["Remote", "RemoteWarning", "RequestHandle", "raise_remote"]
 
 log = logging.getLogger("duet.remote")
 
-_NUDGE = 48  # ops queued before the user's thread lets the loop thread take them (see _queue)
+_NUDGE = 48  # ops queued before the user's thread hands them to the loop thread (see _queue)
+_HANDOFF_SECONDS = 0.002  # the longest the user's thread waits for the loop thread to take them
+_BURST_GAP = 0.01  # a pause between calls that ends a burst (see _queue)
 _HOLD_SECONDS = 0.005  # the longest a step's first ops wait for the rest of it (see Remote._flush_burst)
 
 
@@ -88,6 +90,10 @@ class Remote:
         self._ops: collections.deque[tuple[dict[str, Any], list[Any]]] = collections.deque()
         self._releases: collections.deque[str] = collections.deque()
         self._lock = threading.Lock()
+        self._taken = threading.Condition(self._lock)  # notified as a flush takes the queued ops
+        self._flushes = 0  # flushes that took the queue, for the hand-off in _queue
+        self._handoff_at = _NUDGE
+        self._asked = 0.0  # when the user's thread last asked for a flush
         self._scheduled = False
         self._hold_timer: asyncio.TimerHandle | None = None
         self.requests: list[RequestHandle] = []
@@ -123,16 +129,22 @@ class Remote:
         buffers = [bytes(b) for b in buffers]
         with self._lock:
             self._ops.append((op, buffers))
-            if self._scheduled:
-                waiting = len(self._ops) == _NUDGE
-            else:
-                self._scheduled = waiting = True
+            if not self._scheduled:
+                self._scheduled = True
+                now = time.perf_counter()
+                if now - self._asked > _BURST_GAP:
+                    self._handoff_at = _NUDGE  # a new burst of calls
+                self._asked = now
                 loop.get_loop().call_soon_threadsafe(self._flush_burst)
-        if waiting and len(self._ops) == _NUDGE:
-            # a flush is due but the loop thread is waiting for the interpreter lock that this thread
-            # holds (up to the 5 ms switch interval): let it go once, so that the owner starts on the
-            # first calls of a burst while the rest are being made
-            time.sleep(0)
+            elif len(self._ops) >= self._handoff_at:
+                # a flush is due, but the loop thread waits for the interpreter lock that this thread
+                # holds, and would get it only after the 5 ms switch interval, or once this burst of
+                # calls is over: wait (the lock released) until it has taken the queue, so that the owner
+                # starts on a burst's first calls while the rest are being made. Each hand-off of a burst
+                # waits for twice as many ops as the last: a few frames, the first of them early.
+                self._handoff_at *= 2
+                flushes = self._flushes
+                self._taken.wait_for(lambda: self._flushes != flushes, _HANDOFF_SECONDS)
 
     def _release(self, oid: str) -> None:
         self._live.discard(oid)  # from a pointer's finalizer: no lock, no I/O
@@ -162,6 +174,8 @@ class Remote:
             self._scheduled = True
             batch = list(self._ops)
             self._ops.clear()
+            self._flushes += 1
+            self._taken.notify_all()
             # which results still have a pointer, seen under the lock the user's thread queues ops under:
             # an op queued after this can only use a result whose pointer is alive now
             alive = (
