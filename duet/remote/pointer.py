@@ -23,6 +23,9 @@ _META = frozenset({"shape", "dtype", "device", "requires_grad", "ndim"})
 _MUTABLE_TYPES = frozenset({"list", "dict", "OrderedDict"})
 
 
+_set = object.__setattr__
+
+
 class Pointer:
     """A reference to an object held by the owner. Every call on it returns a new pointer at once."""
 
@@ -31,17 +34,20 @@ class Pointer:
     def __init__(
         self, remote: Remote, oid: str, meta: dict[str, Any] | None = None, owned: bool = True
     ) -> None:
-        self._duet_remote = remote
-        self._duet_id = oid
-        self._duet_meta = meta
-        self._duet_owned = owned  # the owner's object is released when this pointer goes (or on delete())
+        # (object.__setattr__: not the remote-attribute guard below, for each of a training loop's pointers)
+        _set(self, "_duet_remote", remote)
+        _set(self, "_duet_id", oid)
+        _set(self, "_duet_meta", meta)
+        _set(
+            self, "_duet_owned", owned
+        )  # the owner's object is released when this pointer goes (or on delete())
 
     def __del__(self) -> None:
         # (a pointer's last reference is gone: a deque append, no lock and no I/O, in whatever thread
         # drops it; cheaper per pointer than a weakref.finalize, which a training loop makes by thousands)
         try:
             if self._duet_owned:
-                self._duet_owned = False
+                _set(self, "_duet_owned", False)
                 self._duet_remote._release(self._duet_id)
         except Exception:  # noqa: BLE001 - never raise from a finalizer (a half-built pointer, shutdown)
             pass
