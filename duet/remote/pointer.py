@@ -30,6 +30,10 @@ class Pointer:
     """A reference to an object held by the owner. Every call on it returns a new pointer at once."""
 
     __slots__ = ("_duet_remote", "_duet_id", "_duet_meta", "_duet_owned", "__weakref__")
+    _duet_remote: Remote
+    _duet_id: str
+    _duet_meta: dict[str, Any] | None
+    _duet_owned: bool
 
     def __init__(
         self, remote: Remote, oid: str, meta: dict[str, Any] | None = None, owned: bool = True
