@@ -87,3 +87,18 @@ def test_calls_made_while_the_loop_thread_is_away_lose_nothing(monkeypatch: pyte
     assert frames.sizes == [] and len(r._ops) == 500
     r.flush()
     assert frames.sizes == [500]
+
+
+def test_calls_made_on_the_loop_thread_never_wait_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "_HANDOFF_SECONDS", 5.0)  # a wait would show
+    frames = Frames()
+    r = Remote(lambda: frames, lambda: "owner")  # type: ignore[arg-type,return-value]
+
+    async def burst() -> float:
+        start = time.monotonic()
+        _burst(RemoteNamespace(r, "torch"), 200)  # its flush can only run after this returns
+        return time.monotonic() - start
+
+    assert loop.run(burst(), timeout=30) < 2.5
+    r.flush()
+    assert sum(frames.sizes) == 200

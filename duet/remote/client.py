@@ -136,7 +136,7 @@ class Remote:
                     self._handoff_at = _NUDGE  # a new burst of calls
                 self._asked = now
                 loop.get_loop().call_soon_threadsafe(self._flush_burst)
-            elif len(self._ops) >= self._handoff_at:
+            elif len(self._ops) >= self._handoff_at and not loop.in_loop_thread():
                 # a flush is due, but the loop thread waits for the interpreter lock that this thread
                 # holds, and would get it only after the 5 ms switch interval, or once this burst of
                 # calls is over: wait (the lock released) until it has taken the queue, so that the owner
