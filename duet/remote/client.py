@@ -3,8 +3,9 @@
 Calls are pipelined: each call allocates its result's id here, queues an op and returns a pointer at once.
 Ops queued in the same loop tick travel in one frame; during a burst of calls (a training epoch) the user's
 thread hands the queue to the loop thread at 48 calls, then at twice as many each time (see ``_queue``), so
-that the owner starts on the first calls while the rest are being made. Releases from garbage-collected pointers are queued
-without any I/O (a deque append from the finalizer) and ride with the next batch or the periodic flush.
+that the owner starts on the first calls while the rest are being made. Releases from garbage-collected
+pointers are queued without any I/O (a deque append from the finalizer) and ride with the next batch or the
+periodic flush.
 """
 
 from __future__ import annotations
