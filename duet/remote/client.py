@@ -42,7 +42,7 @@ __all__ = ["Remote", "RemoteWarning", "RequestHandle", "raise_remote"]
 
 log = logging.getLogger("duet.remote")
 
-_NUDGE = 48  # ops queued before the user's thread hands them to the loop thread (see _queue)
+_FIRST_HANDOFF = 48  # ops queued before the user's thread hands them to the loop thread (see _queue)
 _HANDOFF_SECONDS = 0.002  # the longest the user's thread waits for the loop thread to take them
 _BURST_GAP = 0.01  # a pause between calls that ends a burst (see _queue)
 _HOLD_SECONDS = 0.005  # the longest a step's first ops wait for the rest of it (see Remote._flush_burst)
@@ -95,7 +95,7 @@ class Remote:
         self._lock = threading.Lock()
         self._taken = threading.Condition(self._lock)  # notified as a flush takes the queued ops
         self._flushes = 0  # flushes that took the queue, for the hand-off in _queue
-        self._handoff_at = _NUDGE
+        self._handoff_at = _FIRST_HANDOFF
         self._asked = 0.0  # when the user's thread last asked for a flush
         self._scheduled = False
         self._hold_timer: asyncio.TimerHandle | None = None
@@ -136,7 +136,7 @@ class Remote:
                 self._scheduled = True
                 now = time.perf_counter()
                 if now - self._asked > _BURST_GAP:
-                    self._handoff_at = _NUDGE  # a new burst of calls
+                    self._handoff_at = _FIRST_HANDOFF  # a new burst of calls
                 self._asked = now
                 loop.get_loop().call_soon_threadsafe(self._flush_burst)
             elif len(self._ops) >= self._handoff_at and not loop.in_loop_thread():

@@ -42,9 +42,8 @@ class Pointer:
         _set(self, "_duet_remote", remote)
         _set(self, "_duet_id", oid)
         _set(self, "_duet_meta", meta)
-        _set(
-            self, "_duet_owned", owned
-        )  # the owner's object is released when this pointer goes (or on delete())
+        # the owner's object is released when this pointer goes (or on delete())
+        _set(self, "_duet_owned", owned)
 
     def __del__(self) -> None:
         # (a pointer's last reference is gone: a deque append, no lock and no I/O, in whatever thread
