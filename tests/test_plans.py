@@ -968,3 +968,64 @@ def test_a_held_step_leaves_on_its_own_after_a_few_milliseconds(
 
 async def _async(fn: Any) -> None:
     fn()
+
+
+def _refs_by_stack(op: dict[str, Any]) -> list[str]:
+    """The ids an op uses, by the plain walk (the reference for planner._refs's flat-list shortcut)."""
+    out = [op["s"]] if "s" in op else []
+    stack = [op[key] for key in ("kw", "a") if key in op]
+    while stack:
+        node = stack.pop()
+        if type(node) is list:
+            if len(node) == 2 and node[0] == "ptr" and type(node[1]) is str:
+                out.append(node[1])
+            else:
+                stack.extend(reversed(node))
+    return out
+
+
+def test_the_ids_an_op_uses_are_those_of_the_plain_walk_in_its_order() -> None:
+    import random
+
+    rng = random.Random(0)
+    leaves = [
+        1,
+        2.5,
+        "x",
+        None,
+        True,
+        "ptr",
+        ["ptr", "s1"],
+        ["ptr", "s2"],
+        ["ptr", 5],
+        ["ptr"],
+        ["ptr", "a", "b"],
+    ]
+
+    def tree(depth: int) -> Any:
+        if depth > 3 or rng.random() < 0.3:
+            return copy.deepcopy(rng.choice(leaves))
+        return [rng.choice(["list", "tuple", "dict", "ptr", 3])] + [
+            tree(depth + 1) for _ in range(rng.randint(0, 4))
+        ]
+
+    found = 0
+    for i in range(20_000):
+        op: dict[str, Any] = {"k": "meth", "o": f"s{i}"}
+        if rng.random() < 0.5:
+            op["s"] = f"s{i + 1}"
+        if rng.random() < 0.8:
+            op["a"] = tree(0)
+        if rng.random() < 0.5:
+            op["kw"] = tree(0)
+        refs = planner._refs(op)
+        assert refs == _refs_by_stack(op), op
+        found += len(refs)
+    assert found > 10_000  # the trees did hold pointers, flat and nested
+    call = {
+        "k": "call",
+        "o": "s9",
+        "p": "torch.add",
+        "a": ["list", ["ptr", "s2"], 1.0, ["list", ["ptr", "s3"]]],
+    }
+    assert planner._refs(call) == ["s2", "s3"]

@@ -45,9 +45,27 @@ def _plannable(op: dict[str, Any]) -> bool:
 
 
 def _refs(op: dict[str, Any]) -> list[str]:
-    """The ids an op uses, in order: its ``self``, then its arguments' pointers."""
+    """The ids an op uses, in order: its ``self``, then its arguments' pointers (depth first, left to
+    right). A flat argument list (pointers and constants, as most calls have) is read without a stack."""
     out = [op["s"]] if "s" in op else []
-    stack = [op[key] for key in ("kw", "a") if key in op]
+    for key in ("a", "kw"):
+        tree = op.get(key)
+        if type(tree) is not list:
+            continue
+        if len(tree) == 2 and tree[0] == "ptr" and type(tree[1]) is str:
+            out.append(tree[1])
+            continue
+        for node in tree:
+            if type(node) is list:
+                if len(node) == 2 and node[0] == "ptr" and type(node[1]) is str:
+                    out.append(node[1])
+                else:
+                    _walk_refs(node, out)
+    return out
+
+
+def _walk_refs(tree: list[Any], out: list[str]) -> None:
+    stack = [tree]
     while stack:
         node = stack.pop()
         if type(node) is list:
@@ -55,7 +73,6 @@ def _refs(op: dict[str, Any]) -> list[str]:
                 out.append(node[1])
             else:
                 stack.extend(reversed(node))
-    return out
 
 
 def _has_ptr(node: Any) -> bool:
