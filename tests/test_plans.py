@@ -971,16 +971,12 @@ async def _async(fn: Any) -> None:
 
 
 def _refs_by_stack(op: dict[str, Any]) -> list[str]:
-    """The ids an op uses, by the plain walk (the reference for planner._refs's flat-list shortcut)."""
+    """The ids an op uses, by the planner's plain walk of each whole tree (the reference for
+    planner._refs's flat-list shortcut)."""
     out = [op["s"]] if "s" in op else []
-    stack = [op[key] for key in ("kw", "a") if key in op]
-    while stack:
-        node = stack.pop()
-        if type(node) is list:
-            if len(node) == 2 and node[0] == "ptr" and type(node[1]) is str:
-                out.append(node[1])
-            else:
-                stack.extend(reversed(node))
+    for key in ("a", "kw"):
+        if key in op:
+            planner._walk_refs([op[key]], out)
     return out
 
 
