@@ -76,3 +76,29 @@ def test_a_typical_calls_arguments_take_the_short_way() -> None:
         assert flat is not None and _same(flat, _codec(value))
     for value in ([x, [1, 2]], [torch.zeros(1)], [Level.LOW], [2**64 - 1], {1: x}, [b"b"], [slice(1)]):
         assert _flat_tree(value) is None  # the codec's own way (and its checks and errors)
+
+
+def test_namespace_names_are_checked_once_per_tables() -> None:
+    """``d.torch.nn.functional.relu`` in a loop is looked up once; a new welcome's tables are applied anew."""
+    import pytest
+
+    from duet.errors import PermissionDenied
+    from duet.remote.pointer import RemoteNamespace
+    from duet.remote.tables import Tables
+
+    remote = Remote(lambda: None, lambda: "owner")  # type: ignore[arg-type,return-value]
+    th = RemoteNamespace(remote, "torch")
+    relu = th.nn.functional.relu
+    assert th.nn.functional.relu is relu and repr(relu) == "<remote torch.nn.functional.relu>"
+    assert th.float32 is torch.float32  # a dtype is a local constant, remembered as such
+    for _ in range(2):  # a refused name is not remembered: it is refused every time
+        with pytest.raises(PermissionDenied):
+            _ = th.os
+
+    data = remote.tables.export()
+    data["functions"] = [p for p in data["functions"] if p != "torch.nn.functional.relu"]
+    remote.tables = Tables.parse(data)  # an owner whose welcome leaves relu out
+    with pytest.raises(PermissionDenied, match="torch.nn.functional.relu"):
+        _ = th.nn.functional.relu
+    assert repr(th.nn.functional.max_pool2d) == "<remote torch.nn.functional.max_pool2d>"
+    assert th.nn.functional is not None and th.nn.functional.max_pool2d is th.nn.functional.max_pool2d

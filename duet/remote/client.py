@@ -128,8 +128,8 @@ class Remote:
             raise TypeError(f"cannot send this argument to the owner: {exc}") from exc
 
     def _queue(self, op: dict[str, Any], buffers: list[Any]) -> None:
-        # a snapshot: the caller may change its tensors in place before the frame leaves
-        buffers = [bytes(b) for b in buffers]
+        if buffers:  # a snapshot: the caller may change its tensors in place before the frame leaves
+            buffers = [bytes(b) for b in buffers]
         with self._lock:
             self._ops.append((op, buffers))
             if not self._scheduled:

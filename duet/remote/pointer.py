@@ -21,6 +21,9 @@ __all__ = ["Pointer", "RemoteNamespace", "RemotePython", "GradContext"]
 _META = frozenset({"shape", "dtype", "device", "requires_grad", "ndim"})
 # metadata that can change while the object lives (``requires_grad_()``, ``append``): asked for each time
 _MUTABLE_TYPES = frozenset({"list", "dict", "OrderedDict"})
+_NAMESPACE_CHILDREN = (
+    1024  # names a namespace remembers (d.torch.nn …): bounded, whatever names a program asks for
+)
 
 
 _set = object.__setattr__
@@ -222,16 +225,24 @@ class RemoteNamespace:
 
     def __init__(self, remote: Remote, path: str = "torch") -> None:
         self._remote, self._path = remote, path
+        # what each name led to, and under which of the remote's tables (a new welcome replaces them)
+        self._children: dict[str, tuple[Any, Any]] = {}
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
+        tables = self._remote.tables
+        known = self._children.get(name)
+        if known is not None and known[0] is tables:
+            return known[1]  # a loop's ``d.torch.nn.functional.relu``: checked once per tables
         path = f"{self._path}.{name}"
-        local = self._remote.local_constant(path)
-        if local is not None:
-            return local
-        self._remote.check_path(path)
-        return RemoteNamespace(self._remote, path)
+        child = self._remote.local_constant(path)
+        if child is None:
+            self._remote.check_path(path)
+            child = RemoteNamespace(self._remote, path)
+        if len(self._children) < _NAMESPACE_CHILDREN:
+            self._children[name] = (tables, child)
+        return child
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._remote.is_context(self._path):
