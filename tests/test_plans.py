@@ -1025,3 +1025,50 @@ def test_the_ids_an_op_uses_are_those_of_the_plain_walk_in_its_order() -> None:
         "a": ["list", ["ptr", "s2"], 1.0, ["list", ["ptr", "s3"]]],
     }
     assert planner._refs(call) == ["s2", "s3"]
+
+
+def test_a_batch_slice_hole_is_what_the_codec_makes_of_it() -> None:
+    """A run's holes of the form ``["list", ["slice", a, b, c]]`` are built without the codec: the same value
+    for every tree the shortcut takes, and every other tree (other bounds, other shapes) left to the codec,
+    which decodes or refuses it as before."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from duet import codec
+
+    bound = st.one_of(
+        st.none(), st.integers(-(2**70), 2**70), st.booleans(), st.floats(), st.text(max_size=2)
+    )
+    node = st.one_of(
+        st.tuples(st.just("slice"), bound, bound, bound).map(list),
+        st.lists(st.one_of(st.just("slice"), bound), max_size=5),
+        bound,
+    )
+    tree = st.one_of(
+        st.tuples(st.just("list"), node).map(list), st.lists(st.one_of(st.just("list"), node), max_size=3)
+    )
+    taken = []
+
+    @settings(max_examples=600, deadline=None)
+    @given(tree)
+    def check(t: Any) -> None:
+        fast = plans._batch_slice(t)
+        if fast is None:
+            return
+        taken.append(t)
+        slow = codec.decode(t, ())  # the shortcut takes only what the codec accepts
+        assert type(fast) is list and len(fast) == 1 and type(fast[0]) is slice
+        assert fast == slow and [type(getattr(fast[0], a)) for a in ("start", "stop", "step")] == [
+            type(getattr(slow[0], a)) for a in ("start", "stop", "step")
+        ]
+
+    check()
+    assert taken  # the shortcut was exercised
+    assert plans._batch_slice(["list", ["slice", 0, 32, None]]) == [slice(0, 32, None)]
+    for other in (
+        ["list", ["slice", 0.5, 2, None]],
+        ["list", ["slice", True, 2, None]],
+        ["tuple", ["slice", 0, 2, None]],
+        ["list", ["slice", 0, 2]],
+    ):
+        assert plans._batch_slice(other) is None  # the codec's to decode or refuse

@@ -297,7 +297,8 @@ class Plans:
         q = ex._q = ex.quotas
         try:
             holes = [
-                codec.decode(
+                _batch_slice(h)
+                or codec.decode(
                     h, (), make_pointer=_no_pointer, max_tensor_bytes=q.tensor_bytes, max_items=10_000
                 )
                 for h in holes_raw
@@ -605,7 +606,7 @@ class Plans:
     def _key(self, plan: _Plan, slots: list[Any], errors: list[Any]) -> tuple[Any, list[int]]:
         """The run's input signature and the inputs it knows by identity (None: a run that cannot be verified)."""
         q = self._ex._q
-        if any(errors[i] is not None for i in range(plan.n_in)):
+        if errors[: plan.n_in].count(None) != plan.n_in:  # an input holds an error
             return None, []
         known: list[int] = []
         parts = [q.tensor_bytes, q.call_seconds, torch.is_grad_enabled(), guards.generation()]
@@ -729,6 +730,27 @@ def _sources(entries: Sequence[Entry | None], dep: frozenset[int]) -> frozenset[
 
 def _result_id(oid: Any) -> bool:
     return type(oid) is str and oid.startswith("s") and 1 < len(oid) <= 40
+
+
+_BOUND_TYPES = frozenset({int, type(None)})
+
+
+def _batch_slice(hole: Any) -> list[slice] | None:
+    """The value :func:`codec.decode` makes of ``["list", ["slice", start, stop, step]]`` with int or None
+    bounds (a batch's slice, the hole of nearly every run), built without the codec's walk; None for any
+    other tree, which the codec decodes (and checks)."""
+    if type(hole) is list and len(hole) == 2 and hole[0] == "list":
+        s = hole[1]
+        if (
+            type(s) is list
+            and len(s) == 4
+            and s[0] == "slice"
+            and type(s[1]) in _BOUND_TYPES
+            and type(s[2]) in _BOUND_TYPES
+            and type(s[3]) in _BOUND_TYPES
+        ):
+            return [slice(s[1], s[2], s[3])]
+    return None
 
 
 class Refused(Exception):
