@@ -1072,3 +1072,64 @@ def test_a_batch_slice_hole_is_what_the_codec_makes_of_it() -> None:
         ["list", ["slice", 0, 2]],
     ):
         assert plans._batch_slice(other) is None  # the codec's to decode or refuse
+
+
+def _two_layer_epochs(
+    side: Loopback, x: Any, y: Any, flip: bool, z: Any = None
+) -> tuple[Pointer, Pointer, Pointer]:
+    """Two epochs of a loop whose loss also uses a tensor ``w`` that does not require grad. Between them
+    (single ops), with ``flip``, ``w.requires_grad_()``: the second epoch's graphs have a leaf more, in runs
+    of the same signature; with ``z`` (a published tensor of 3), ``w.add_(z)``: the second epoch's losses
+    come from ``z`` too."""
+    torch.manual_seed(1)
+    F = side.torch.nn.functional
+    layer = side.torch.nn.Linear(5, 3)
+    other = side.torch.nn.Linear(5, 3)  # never trained: its entry must not get the data's sources
+    w = side.torch.ones(3)
+    opt = side.torch.optim.SGD(layer.parameters(), lr=0.1)
+    xs, ys = side.pointer(x), side.pointer(y)
+    for epoch in range(2):
+        if flip and epoch == 1:
+            w.requires_grad_()
+            side.remote.flush()
+        if z is not None and epoch == 1:
+            w.add_(side.pointer(z))
+            side.remote.flush()
+        with side.batched():
+            for b in range(0, 64, 8):
+                opt.zero_grad()
+                loss = F.cross_entropy(layer(xs[b : b + 8]) * w, ys[b : b + 8])
+                loss.backward()
+                opt.step()
+        side.remote.flush()
+    return w, other, layer
+
+
+def test_verified_runs_give_the_data_to_every_leaf_of_backward() -> None:
+    """Provenance after ``backward`` in verified runs, when what the graph reaches changes between runs of
+    the same signature. ``w.requires_grad_()`` between two epochs makes ``w`` a leaf of every later graph:
+    its gradient comes from the data, so its entry gets the data's sources. ``w.add_(z)`` between them makes
+    the later losses come from ``z`` too, so the trained layer gets ``z``. A layer never used gets nothing."""
+    store, x, y = published()
+    side = Loopback(store, use_plans=True)
+    w, other, _ = _two_layer_epochs(side, x, y, flip=False)
+    assert not side.failures
+    assert store.lookup(w._duet_id).sources == frozenset()  # not a leaf: backward wrote nothing into it
+    assert store.lookup(other._duet_id).sources == frozenset()
+
+    store, x, y = published()
+    side = Loopback(store, use_plans=True)
+    w, other, _ = _two_layer_epochs(side, x, y, flip=True)
+    assert not side.failures
+    assert side.executor.plans.verified_runs >= 12  # the second epoch's runs are verified runs
+    assert {x.id, y.id} <= store.lookup(w._duet_id).sources
+    assert store.lookup(w._duet_id).obj.grad is not None
+    assert store.lookup(other._duet_id).sources == frozenset()
+
+    store, x, y = published()
+    z = store.publish(torch.full((3,), 0.5), name="z", tags=["#z"])
+    side = Loopback(store, use_plans=True)
+    w, other, layer = _two_layer_epochs(side, x, y, flip=False, z=z)
+    assert not side.failures
+    assert {x.id, y.id, z.id} <= store.lookup(layer._duet_id).sources
+    assert store.lookup(other._duet_id).sources == frozenset()
