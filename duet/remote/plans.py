@@ -732,9 +732,6 @@ def _result_id(oid: Any) -> bool:
     return type(oid) is str and oid.startswith("s") and 1 < len(oid) <= 40
 
 
-_BOUND_TYPES = frozenset({int, type(None)})
-
-
 def _batch_slice(hole: Any) -> list[slice] | None:
     """The value :func:`codec.decode` makes of ``["list", ["slice", start, stop, step]]`` with int or None
     bounds (a batch's slice, the hole of nearly every run), built without the codec's walk; None for any
@@ -745,9 +742,9 @@ def _batch_slice(hole: Any) -> list[slice] | None:
             type(s) is list
             and len(s) == 4
             and s[0] == "slice"
-            and type(s[1]) in _BOUND_TYPES
-            and type(s[2]) in _BOUND_TYPES
-            and type(s[3]) in _BOUND_TYPES
+            and type(s[1]) in codec._BOUND_TYPES
+            and type(s[2]) in codec._BOUND_TYPES
+            and type(s[3]) in codec._BOUND_TYPES
         ):
             return [slice(s[1], s[2], s[3])]
     return None

@@ -31,6 +31,8 @@ from .storages import _graph_leaves, _storages, _storages_of_all, _trainable
 
 __all__ = ["Entry", "Store", "Quotas", "STORE_COLUMNS"]
 
+_NO_IDS: frozenset[Any] = frozenset()  # what an index lookup that finds nothing adds (no set built for it)
+
 STORE_COLUMNS = ["id", "name", "tags", "description", "type", "shape", "dtype", "size_bytes"]
 
 
@@ -307,13 +309,22 @@ class Store:
         rule as :meth:`put` applies to an op's result (see the module)."""
         if not sources:
             return
+        storage_of, by_storage = self._storage_of, self._by_storage
         with self._lock:
             touched = {e.id for e in entries}
             keys: set[int] = set()
             for oid in touched:
-                keys |= self._storage_of.get(oid, set())
+                keys |= storage_of.get(oid, _NO_IDS)
             for obj in objects:
-                keys |= _storages(obj)
+                if type(obj) is torch.Tensor:  # (the usual object: _storages without its set of one)
+                    try:
+                        ptr = obj.untyped_storage().data_ptr()
+                    except (RuntimeError, NotImplementedError):
+                        ptr = 0
+                    if ptr:
+                        keys.add(ptr)
+                else:
+                    keys |= _storages(obj)
                 if isinstance(obj, torch.Tensor) and obj.grad_fn is not None:
                     leaves = _graph_leaves(obj)
                     if leaves is None:  # too big to follow: whatever could be a leaf
@@ -321,7 +332,7 @@ class Store:
                     else:
                         keys |= _storages_of_all(leaves)
             for key in keys:
-                touched |= self._by_storage.get(key, set())
+                touched |= by_storage.get(key, _NO_IDS)
             for oid in touched:
                 other = self._entries.get(oid)
                 if other is not None and not sources <= other.sources:
