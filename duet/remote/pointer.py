@@ -21,9 +21,8 @@ __all__ = ["Pointer", "RemoteNamespace", "RemotePython", "GradContext"]
 _META = frozenset({"shape", "dtype", "device", "requires_grad", "ndim"})
 # metadata that can change while the object lives (``requires_grad_()``, ``append``): asked for each time
 _MUTABLE_TYPES = frozenset({"list", "dict", "OrderedDict"})
-_NAMESPACE_CHILDREN = (
-    1024  # names a namespace remembers (d.torch.nn …): bounded, whatever names a program asks for
-)
+# names a namespace remembers (d.torch.nn …): bounded, whatever names a program asks for
+_NAMESPACE_CHILDREN = 1024
 
 
 _set = object.__setattr__
