@@ -151,12 +151,23 @@ class _Encoder:
 
     def tensor(self, t: torch.Tensor) -> list[Any]:
         name = dtype_name(t.dtype)
-        if t.layout != torch.strided or t.device.type not in _DEVICE_TYPES:
+        device = t.device.type
+        if t.layout != torch.strided or device not in _DEVICE_TYPES:
             raise ValueError(
                 f"only dense tensors on {sorted(_DEVICE_TYPES)} can be sent, not {t.layout}/{t.device}"
             )
         grad = bool(t.requires_grad)
-        t = t.detach().cpu().resolve_conj().resolve_neg().contiguous()
+        # detach().cpu().resolve_conj().resolve_neg().contiguous(), each step only where it changes
+        # something (each is a call through torch's dispatcher even when it returns the tensor itself)
+        t = t.detach()
+        if device != "cpu":
+            t = t.cpu()
+        if t.is_conj():
+            t = t.resolve_conj()
+        if t.is_neg():
+            t = t.resolve_neg()
+        if not t.is_contiguous():
+            t = t.contiguous()
         self.buffers.append(t.reshape(-1).view(torch.uint8).numpy().data)
         return ["tensor", name, list(t.shape), len(self.buffers) - 1, grad]
 
