@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from .errors import ProtocolError, QuotaExceeded
+from .parts import ALIGN, FrameBuffer
 from .remote.dtypes import DTYPES, RAW_DTYPES, WIRE_DTYPES, dtype_name
 from .remote.meta import ENCODE_MAX_DEPTH, describe
 
@@ -59,6 +60,9 @@ __all__ = [
     "encode_value",
 ]
 
+IN_PLACE_MIN = (
+    1 << 20
+)  # a tensor this large, 7/8 or more of a frame put together from parts, is decoded in place
 _DEVICE_TYPES = frozenset({"cpu", "cuda", "mps"})
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 _MAX_DIM = 2**62
@@ -374,6 +378,20 @@ class _Decoder:
         src = np.frombuffer(raw, dtype=np.uint8)
         if dtype == torch.bool and nbytes and src.max() > 1:
             raise ProtocolError("bool tensor holds bytes other than 0 and 1")
+        frame = raw.obj
+        if (
+            type(frame) is FrameBuffer
+            and nbytes >= IN_PLACE_MIN
+            and nbytes * 8 >= frame.nbytes * 7
+            and not raw.readonly
+        ):
+            address = src.ctypes.data
+            offset = address - frame.ctypes.data
+            if address % ALIGN == 0 and offset not in frame.aliased:
+                # a large tensor that is nearly all of a frame put together from parts: decoded in place
+                # (its memory is the frame's, which nothing else uses), once
+                frame.aliased.add(offset)
+                return torch.frombuffer(raw, dtype=dtype).reshape(dims).requires_grad_(grad)
         try:
             out = torch.empty(dims, dtype=dtype)
         except (

@@ -44,6 +44,7 @@ __all__ = [
     "COMPRESS_MIN",
     "pack",
     "pack_segments",
+    "layout",
     "peek",
     "unpack",
 ]
@@ -125,6 +126,23 @@ def peek(start: Buffer) -> tuple[Any, int] | None:
     except ProtocolError:
         return None
     return header, pos + head_len + sum(lengths)
+
+
+def layout(start: Buffer) -> tuple[int, int] | None:
+    """(total size, offset of the first buffer) of a frame from its first bytes, or None if they do not
+    hold its fixed part and buffer table (or these are not a frame's). Read from the peer's claims, for
+    laying out the frame's memory only: :func:`unpack` checks the frame once it has arrived."""
+    view = memoryview(start).cast("B")
+    if len(view) < _FIXED.size:
+        return None
+    magic, version, flags, head_len, n_buf = _FIXED.unpack_from(view, 0)
+    if magic != MAGIC or version != VERSION or head_len > MAX_HEADER or n_buf > MAX_BUFFERS:
+        return None
+    pos = _FIXED.size + 8 * n_buf
+    if len(view) < pos:
+        return None
+    lengths = struct.unpack_from(f">{n_buf}Q", view, _FIXED.size)
+    return pos + head_len + sum(lengths), pos + head_len
 
 
 def _inflate(data: memoryview | bytes) -> bytes:

@@ -715,3 +715,56 @@ def test_describe() -> None:
     cycle: list[Any] = []
     cycle.append(cycle)
     assert describe(cycle)["numel"] == 1
+
+
+def _reassembled(header: dict, buffers: list) -> memoryview:
+    """A frame sent in parts and put together by the receiver's Reassembly."""
+    from duet import parts, wire
+
+    data = wire.pack(header, buffers)
+    r = parts.Reassembly()
+    step = 256 * 1024
+    frame = None
+    for i in range(0, len(data), step):
+        flags = (parts._FIRST if i == 0 else 0) | (parts._LAST if i + step >= len(data) else 0)
+        _, frame = r.add(flags, 1, memoryview(data[i : i + step]))
+    assert frame is not None
+    return frame
+
+
+def test_a_large_tensor_of_a_reassembled_frame_is_decoded_in_place_once() -> None:
+    from duet import wire
+
+    big = torch.arange(600_000, dtype=torch.float32)  # 2.4 MB: nearly all of its frame
+    small = torch.ones(3)
+    tree = codec.encode([big, small], bufs := [])
+    header, buffers = wire.unpack(_reassembled({"v": tree}, bufs))
+    frame = buffers[0].obj
+    first = codec.decode(tree, buffers)
+    assert torch.equal(first[0], big) and torch.equal(first[1], small)
+    address = first[0].data_ptr()
+    assert address == np.frombuffer(buffers[0], np.uint8).ctypes.data  # the frame's own memory
+    assert address % 64 == 0
+    assert first[1].data_ptr() != np.frombuffer(buffers[1], np.uint8).ctypes.data  # small: a copy
+    again = codec.decode(tree, buffers)  # the same buffer again: a copy, never a second alias
+    assert torch.equal(again[0], big) and again[0].data_ptr() != address
+    first[0].add_(1)
+    assert torch.equal(again[0], big)
+    del header, buffers
+    assert torch.equal(first[0], big + 1)  # the tensor keeps its memory alive
+    assert frame.nbytes < first[0].numel() * 4 * 8 / 7
+
+
+def test_tensors_are_copied_from_frames_that_are_not_mostly_theirs_or_not_reassembled() -> None:
+    from duet import wire
+
+    a, b = torch.rand(300_000), torch.rand(300_000)  # 1.2 MB each: half of the frame each
+    tree = codec.encode([a, b], bufs := [])
+    _, buffers = wire.unpack(_reassembled({"v": tree}, bufs))
+    out = codec.decode(tree, buffers)
+    assert torch.equal(out[0], a) and torch.equal(out[1], b)
+    assert out[0].data_ptr() != np.frombuffer(buffers[0], np.uint8).ctypes.data
+    tree = codec.encode(a, bufs := [])
+    _, buffers = wire.unpack(wire.pack({"v": tree}, bufs))  # one bytes object, as a single message
+    out = codec.decode(tree, buffers)
+    assert torch.equal(out, a) and out.data_ptr() != np.frombuffer(buffers[0], np.uint8).ctypes.data

@@ -203,3 +203,24 @@ def test_a_malformed_part_is_dropped_and_reported() -> None:
     errors = [wire.unpack(memoryview(m)[parts._PART.size :])[0] for m in asyncio.run(go())]
     assert [e["t"] for e in errors] == ["error", "error"]
     assert "no start" in errors[0]["message"]
+
+
+def test_a_laid_out_frame_takes_exactly_the_size_its_first_part_declares() -> None:
+    data = wire.pack({"t": "x"}, [b"q" * 5000])
+    r = parts.Reassembly(max_frame=100_000)
+    r.add(parts._FIRST, 1, memoryview(data[:1000]))
+    with pytest.raises(ProtocolError, match="past the"):
+        r.add(0, 1, memoryview(data[1000:] + b"extra"))
+    assert len(r) == 0
+    r.add(parts._FIRST, 2, memoryview(data[:1000]))
+    with pytest.raises(ProtocolError, match="not the"):
+        r.add(parts._LAST, 2, memoryview(data[1000:-1]))
+    assert len(r) == 0
+    r.add(parts._FIRST, 3, memoryview(data[:1000]))
+    done, frame = r.add(parts._LAST, 3, memoryview(data[1000:]))
+    assert done == len(data) and frame is not None and bytes(frame) == data
+    assert type(frame.obj) is parts.FrameBuffer
+    small = parts.Reassembly(max_frame=3000)
+    with pytest.raises(ProtocolError, match="larger than 3000"):  # refused from its declaration
+        small.add(parts._FIRST, 1, memoryview(data[:1000]))
+    assert len(small) == 0
