@@ -104,12 +104,9 @@ def pack(header: Any, buffers: Sequence[Buffer] = ()) -> bytes:
     return b"".join(pack_segments(header, buffers))
 
 
-def peek(start: Buffer) -> tuple[Any, int] | None:
-    """The header and total size of a frame from its first bytes, or None if they do not hold the header.
-
-    For progress reporting only: the frame is checked in full by :func:`unpack` once it has arrived.
-    """
-    view = memoryview(start).cast("B")
+def _table(view: memoryview) -> tuple[int, int, int, tuple[int, ...]] | None:
+    """(flags, header length, offset of the header, buffer lengths) from a frame's first bytes, or None if
+    they do not hold its fixed part and buffer table (or these are not a frame's)."""
     if len(view) < _FIXED.size:
         return None
     magic, version, flags, head_len, n_buf = _FIXED.unpack_from(view, 0)
@@ -118,9 +115,23 @@ def peek(start: Buffer) -> tuple[Any, int] | None:
     if flags & ~FLAG_ZLIB:
         return None
     pos = _FIXED.size + 8 * n_buf
+    if len(view) < pos:
+        return None
+    return flags, head_len, pos, struct.unpack_from(f">{n_buf}Q", view, _FIXED.size)
+
+
+def peek(start: Buffer) -> tuple[Any, int] | None:
+    """The header and total size of a frame from its first bytes, or None if they do not hold the header.
+
+    For progress reporting only: the frame is checked in full by :func:`unpack` once it has arrived.
+    """
+    view = memoryview(start).cast("B")
+    table = _table(view)
+    if table is None:
+        return None
+    flags, head_len, pos, lengths = table
     if len(view) < pos + head_len:
         return None
-    lengths = struct.unpack_from(f">{n_buf}Q", view, _FIXED.size)
     try:
         header = _decode_header(view[pos : pos + head_len], flags)
     except ProtocolError:
@@ -132,16 +143,10 @@ def layout(start: Buffer) -> tuple[int, int] | None:
     """(total size, offset of the first buffer) of a frame from its first bytes, or None if they do not
     hold its fixed part and buffer table (or these are not a frame's). Read from the peer's claims, for
     laying out the frame's memory only: :func:`unpack` checks the frame once it has arrived."""
-    view = memoryview(start).cast("B")
-    if len(view) < _FIXED.size:
+    table = _table(memoryview(start).cast("B"))
+    if table is None:
         return None
-    magic, version, flags, head_len, n_buf = _FIXED.unpack_from(view, 0)
-    if magic != MAGIC or version != VERSION or head_len > MAX_HEADER or n_buf > MAX_BUFFERS:
-        return None
-    pos = _FIXED.size + 8 * n_buf
-    if len(view) < pos:
-        return None
-    lengths = struct.unpack_from(f">{n_buf}Q", view, _FIXED.size)
+    _, head_len, pos, lengths = table
     return pos + head_len + sum(lengths), pos + head_len
 
 
