@@ -403,3 +403,35 @@ def test_docs_are_up_to_date() -> None:
     assert committed == al.render_markdown(), "regenerate with duet.remote.allowlist.write_docs()"
     for entry in (*al.NEVER_PATHS, *al.NEVER_NAMES, "torch.nn.functional.nll_loss", "__iadd__"):
         assert f"`{entry}`" in committed
+
+
+def test_bound_calls_check_and_answer_as_the_calls_themselves() -> None:
+    """A plan's fast path calls through bindings made once: they must refuse and answer as call_function
+    and call_method do, argument by argument."""
+    x = torch.arange(6.0).reshape(2, 3)
+    relu = A.bind_function("torch.nn.functional.relu")
+    assert torch.equal(relu([x - 2], {}), A.call_function("torch.nn.functional.relu", [x - 2], {}))
+    add = A.bind_function("torch.add")
+    with pytest.raises(PermissionDenied, match="out="):
+        add([x, x], {"out": torch.empty(2, 3)})
+    with pytest.raises(PermissionDenied):
+        A.bind_function("torch.no_grad")  # a context manager runs only as a with block
+    with pytest.raises(PermissionDenied):
+        A.bind_function("os.system")
+
+    to = A.bind_method(x, "to")
+    assert to(x, [torch.float64], {}).dtype == torch.float64
+    with pytest.raises(PermissionDenied, match="dtypes only"):
+        to(x, ["meta"], {})
+    mul = A.bind_method(x, "__mul__")
+    assert torch.equal(mul(x, [2], {}), A.call_method(x, "__mul__", [2], {}))
+    split = A.bind_method(x, "split")
+    parts, expected = split(x, [1], {}), A.call_method(x, "split", [1], {})
+    assert type(parts) is type(expected) and len(parts) == len(expected) == 2
+    assert all(torch.equal(a, b) for a, b in zip(parts, expected))
+    with pytest.raises(PermissionDenied):
+        A.bind_method(x, "__setattr__")
+    with pytest.raises(PermissionDenied, match="another type"):
+        mul(2.0, [2], {})  # a binding is for objects of the type it was made for
+    with pytest.raises(PermissionDenied):
+        mul(x, ["text"], {})  # the operand rule of arithmetic still holds

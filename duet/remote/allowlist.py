@@ -756,6 +756,51 @@ class Allowlist:
             result = operator_fn(obj, *args, **kwargs)
         return list(result) if name in LIST_RESULTS.get(kind, ()) else result
 
+    def bind_function(self, path: str) -> Callable[[Sequence[object], Mapping[str, object]], Any]:
+        """``call_function(path, ...)`` with the checks that depend on ``path`` alone done now: the returned
+        ``call(args, kwargs)`` checks the arguments and runs the call (for a caller that runs one path many
+        times: a plan's op)."""
+        fn = self.resolve_function(path)
+        if path in self._contexts:
+            raise _refuse(path, "is a context manager: it runs only as a `with` block")
+        check = self.check_arguments
+
+        def call(args: Sequence[object], kwargs: Mapping[str, object]) -> Any:
+            if kwargs or path == "to":
+                check(path, args, kwargs)
+            return fn(*args, **kwargs)
+
+        return call
+
+    def bind_method(
+        self, obj: object, name: str
+    ) -> Callable[[Any, Sequence[object], Mapping[str, object]], Any]:
+        """``call_method(obj, name, ...)`` with the checks that depend on ``type(obj)`` and ``name`` alone done
+        now: the returned ``call(obj, args, kwargs)`` is for objects of exactly that type (what the tables
+        allow depends on the type only; see :meth:`kind_of`), and checks the arguments and operands."""
+        kind = self._method_kind(obj, name)
+        typ, check = type(obj), self.check_arguments
+        listed = name in LIST_RESULTS.get(kind, ())
+        operator_fn = OPERATORS.get(name)
+        arithmetic = name in ARITHMETIC
+
+        def call(target: Any, args: Sequence[object], kwargs: Mapping[str, object]) -> Any:
+            if type(target) is not typ:  # (a caller's bug: refuse rather than skip the kind's check)
+                raise _refuse(
+                    f"{type(target).__name__}.{_show(name)}", "called through another type's binding"
+                )
+            if kwargs or name == "to":
+                check(name, args, kwargs)
+            if operator_fn is None:
+                result = getattr(target, name)(*args, **kwargs)
+            else:
+                if arithmetic:
+                    _check_operand(kind, target, name, args)
+                result = operator_fn(target, *args, **kwargs)
+            return list(result) if listed else result
+
+        return call
+
     def mutates(self, obj: object, name: str) -> bool:
         """Whether the method ``name`` changes ``obj`` itself (in place, ``__setitem__``, ``append`` …)."""
         key = (self.kind_of(obj), name)

@@ -466,6 +466,10 @@ def _split_count(obj: torch.Tensor, name: str, args: Sequence[Any], kwargs: Mapp
     return 1
 
 
+# the tensor methods check_items_before looks at (it lets every other tensor method through)
+ITEM_METHODS = frozenset({"tolist", "split", "unbind", "chunk"})
+
+
 def check_items_before(obj: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
     """Refuse, from the operands' sizes, a call that would make a Python value of over ``MAX_ITEMS`` items."""
     if isinstance(obj, torch.Tensor):

@@ -205,7 +205,7 @@ class _Plan:
         # input signature -> (each op's result signature, whether each op changes something in place,
         # the inputs known by identity: index and weak reference, each op's fast record or None)
         self.verified: dict[
-            Any, tuple[list[Any], list[bool], tuple[tuple[int, weakref.ref[Any]], ...], list[Any]]
+            Any, tuple[list[Any], list[bool], tuple[tuple[int, weakref.ref[Any]], ...], list[Any], list[Any]]
         ] = {}
 
 
@@ -216,14 +216,23 @@ def _sig(obj: Any, refs: list[Any]) -> Any:
         return (t, obj.shape, obj.dtype)
     if t in _SCALARS:
         return (t,)  # a Python value by its type only: every op that uses one is dry-run (see Plans.run)
+    if t in _BY_IDENTITY:
+        refs.append(obj)
+        return ("O", t, id(obj))
     if isinstance(obj, torch.nn.Module):
         refs.append(obj)
         return ("M", id(obj), obj.training)
     try:
         return guards._sig(obj)
     except guards._Uncached:
+        if not issubclass(t, (list, tuple, dict)) and len(_BY_IDENTITY) < 1024:
+            _BY_IDENTITY.add(t)  # (guards._sig refuses such an object by its type alone, not by its size)
         refs.append(obj)
         return ("O", t, id(obj))
+
+
+# types whose objects a run's signature knows by identity (an optimizer...): guards._sig refuses them
+_BY_IDENTITY: set[type] = set()
 
 
 def _result_sig(obj: Any) -> Any:
@@ -332,6 +341,14 @@ class Plans:
         expected, changing = (found[0], found[1]) if found is not None else (None, None)
         # the ops a verified run runs on its fast path (see _fast_record), None where it takes the long one
         fast: list[Any] | None = found[3] if found is not None else None
+        # each fast op's allowlist binding, made on its first fast run (valid while the allowlist is the same
+        # object: an allowlist's tables never change)
+        binders: list[Any] = []
+        if found is not None:
+            bound_for = found[4]
+            if bound_for[0] is not ex.allowlist:
+                bound_for[:] = [ex.allowlist, [None] * len(ops)]
+            binders = bound_for[1]
         dry = expected is None
         changes: list[bool] = []
         records: list[Any] = []  # the fast records a verifying run collects
@@ -358,7 +375,7 @@ class Plans:
         held = 0  # bytes of the results this run holds (see the quota check after each call)
         sizes = [0] * n
         perf = time.perf_counter
-        call_function, call_method = ex.allowlist.call_function, ex.allowlist.call_method
+        shares_storage = store.shares_storage
         refuse_change, check_items_before = readonly.refuse_published_change, guards.check_items_before
         plan_deps, last_users = plan.deps, plan.last_users
         for j, top in enumerate(ops):
@@ -389,6 +406,7 @@ class Plans:
                             if fk is None
                             else dict(zip(fk[0], [slots[x] if tag else x for tag, x in fk[1]]))
                         )
+                    bound = binders[j]
                     if top.kind == "call":
                         if changing[j]:  # type: ignore[index]
                             refuse_change(
@@ -399,17 +417,26 @@ class Plans:
                                 args=args,
                                 kwargs=kwargs,
                             )
+                        if bound is None:
+                            bound = binders[j] = ex.allowlist.bind_function(top.name)
                         t0 = perf()
-                        result = call_function(top.name, args, kwargs)
+                        result = bound(args, kwargs)
                     else:
                         obj = slots[top.self_slot]
                         if changing[j]:  # type: ignore[index]
                             refuse_change(
                                 ex.allowlist, ex._published, obj=obj, name=top.name, args=args, kwargs=kwargs
                             )
-                        check_items_before(obj, top.name, args, kwargs)
+                        if bound is None or bound[0] is not type(obj):
+                            bound = binders[j] = (
+                                type(obj),
+                                ex.allowlist.bind_method(obj, top.name),
+                                type(obj) is not torch.Tensor or top.name in guards.ITEM_METHODS,
+                            )
+                        if bound[2]:
+                            check_items_before(obj, top.name, args, kwargs)
                         t0 = perf()
-                        result = call_method(obj, top.name, args, kwargs)
+                        result = bound[1](obj, args, kwargs)
                     elapsed = perf() - t0
                     if elapsed > q.call_seconds:
                         del result
@@ -459,7 +486,7 @@ class Plans:
                     sizes[out] = nbytes
                     held += nbytes
                     dep = deps[out] = plan_deps[out]
-                    if dep and (result is None or (is_tensor and store.shares_storage(result))):
+                    if dep and (result is None or (is_tensor and shares_storage(result))):
                         read = [e for u in refs if u < n_in and (e := entries[u]) is not None]
                         store.spread(
                             _sources(entries, dep),
@@ -584,7 +611,13 @@ class Plans:
         if expected is None and key is not None and not failures and all(e is None for e in errors):
             if len(plan.verified) >= _VERIFIED_KEYS:
                 plan.verified.pop(next(iter(plan.verified)))
-            plan.verified[key] = (sigs, changes, tuple((i, weakref.ref(slots[i])) for i in known), records)
+            plan.verified[key] = (
+                sigs,
+                changes,
+                tuple((i, weakref.ref(slots[i])) for i in known),
+                records,
+                [None, []],  # (the allowlist, each fast op's binding: made on its first fast run)
+            )
         return failures
 
     def _held(self, result: Any, slots: list[Any], used: list[int], held: int) -> int:
@@ -609,13 +642,17 @@ class Plans:
         if errors[: plan.n_in].count(None) != plan.n_in:  # an input holds an error
             return None, []
         known: list[int] = []
-        parts = [q.tensor_bytes, q.call_seconds, torch.is_grad_enabled(), guards.generation()]
+        parts: list[Any] = [q.tensor_bytes, q.call_seconds, torch.is_grad_enabled(), guards.generation()]
         try:
             for i in range(plan.n_in):
+                obj = slots[i]
+                if type(obj) is torch.Tensor:  # (the usual input: _sig's first case)
+                    parts.append((torch.Tensor, obj.shape, obj.dtype))
+                    continue
                 objs: list[Any] = []
-                parts.append(_sig(slots[i], objs))
+                parts.append(_sig(obj, objs))
                 if objs:
-                    weakref.ref(slots[i])
+                    weakref.ref(obj)
                     known.append(i)
             key = tuple(parts)
             hash(key)

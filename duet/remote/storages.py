@@ -20,22 +20,30 @@ def _storages(obj: Any) -> set[int]:
 
 def _graph_leaves(t: torch.Tensor, limit: int = 200_000) -> list[torch.Tensor] | None:
     """The leaf tensors of ``t``'s autograd graph (where ``backward`` accumulates gradients); None for a
-    graph of more than ``limit`` nodes."""
+    graph of more than ``limit`` nodes. (This runs after every ``backward`` of a training loop: a node is
+    looked at once, and its kind's ``variable`` answer is known per type.)"""
     leaves: list[torch.Tensor] = []
-    seen: set[Any] = set()
-    stack = [t.grad_fn]
+    root = t.grad_fn
+    if root is None:
+        return leaves
+    seen: set[Any] = {root}
+    stack = [root]
+    holds = _HOLDS_VARIABLE
     while stack:
         fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        if len(seen) >= limit:
-            return None
-        seen.add(fn)
-        if _may_hold_variable(fn):
+        known = holds.get(type(fn))
+        if known is None:
+            known = _may_hold_variable(fn)
+        if known:
             var = getattr(fn, "variable", None)
             if isinstance(var, torch.Tensor):
                 leaves.append(var)
-        stack.extend([f for f, _ in getattr(fn, "next_functions", ())])
+        for f, _ in getattr(fn, "next_functions", ()):
+            if f is not None and f not in seen:
+                if len(seen) >= limit:
+                    return None
+                seen.add(f)
+                stack.append(f)
     return leaves
 
 
