@@ -114,53 +114,64 @@ def replay(
     store, ex, px, py = _owner(x, y)
     frames, marks = rec.frames, rec.marks
     names = {rec.ids[0]: px, rec.ids[1]: py}
-    for ops, bufs in frames[: marks[-2]]:
-        ex.run_ops(_renamed(ops, names), [memoryview(b) for b in bufs])
-    work = [(_renamed(ops, names), [memoryview(b) for b in bufs]) for ops, bufs in frames[marks[-2] :]]
-    fast = ex.plans.fast_ops
-    with _per_call(rows) if rows is not None else contextlib.nullcontext():
+    active = [False]  # rows are measured in the timed epoch only (the bindings are made before it)
+    with _per_call(rows, active) if rows is not None else contextlib.nullcontext():
+        for ops, bufs in frames[: marks[-2]]:
+            ex.run_ops(_renamed(ops, names), [memoryview(b) for b in bufs])
+        work = [(_renamed(ops, names), [memoryview(b) for b in bufs]) for ops, bufs in frames[marks[-2] :]]
+        fast = ex.plans.fast_ops
+        active[0] = True
         start = time.perf_counter()
         for ops, views in work:
             failures = ex.run_ops(ops, views)
             if failures:
                 raise RuntimeError(f"replay: the executor refused {failures[:3]}")
         seconds = time.perf_counter() - start
+        active[0] = False
     return seconds, ex.plans.fast_ops - fast, float(store.lookup(rec.total).obj)
 
 
 @contextlib.contextmanager
-def _per_call(rows: dict[str, list[tuple[float, float]]]) -> Iterator[None]:
+def _per_call(rows: dict[str, list[tuple[float, float]]], active: list[bool]) -> Iterator[None]:
     """Each logged call's (duration, time inside the allowlist's call) into ``rows`` by path, while the
-    block runs."""
+    block runs and ``active[0]`` is set. The allowlist's calls are timed both where the executor calls them
+    directly and through the bindings a plan's fast ops call."""
     inside = [0.0]
-    real_method, real_function = allowlist.Allowlist.call_method, allowlist.Allowlist.call_function
+    A = allowlist.Allowlist
+    real = {
+        name: getattr(A, name) for name in ("call_method", "call_function", "bind_method", "bind_function")
+    }
     real_record = activity.ActivityLog.record
 
-    def timed(real: Any) -> Any:
-        def call(self: Any, *args: Any) -> Any:
+    def timed(call: Any) -> Any:
+        def timed_call(*args: Any) -> Any:
             start = time.perf_counter()
             try:
-                return real(self, *args)
+                return call(*args)
             finally:
                 inside[0] += time.perf_counter() - start
 
-        return call
+        return timed_call
 
-    call_method, call_function = timed(real_method), timed(real_function)
+    def binder(bind: Any) -> Any:
+        return lambda self, *args: timed(bind(self, *args))
 
     def record_row(self: Any, when: float, path: str, *rest: Any) -> None:
-        rows.setdefault(path, []).append((rest[-1], inside[0]))
+        if active[0]:
+            rows.setdefault(path, []).append((rest[-1], inside[0]))
         inside[0] = 0.0
         real_record(self, when, path, *rest)
 
-    allowlist.Allowlist.call_method = call_method  # type: ignore[method-assign]
-    allowlist.Allowlist.call_function = call_function  # type: ignore[method-assign]
+    A.call_method = timed(real["call_method"])  # type: ignore[method-assign]
+    A.call_function = timed(real["call_function"])  # type: ignore[method-assign]
+    A.bind_method = binder(real["bind_method"])  # type: ignore[method-assign]
+    A.bind_function = binder(real["bind_function"])  # type: ignore[method-assign]
     activity.ActivityLog.record = record_row  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
-        allowlist.Allowlist.call_method = real_method  # type: ignore[method-assign]
-        allowlist.Allowlist.call_function = real_function  # type: ignore[method-assign]
+        for name, fn in real.items():
+            setattr(A, name, fn)
         activity.ActivityLog.record = real_record  # type: ignore[method-assign]
 
 
