@@ -88,3 +88,33 @@ def test_pandas_columns_and_rows(store: Store) -> None:
     assert list(store.pandas["name"]) == ["ages", "labels"]
     empty = Store().pandas
     assert list(empty.columns) == COLUMNS and len(empty) == 0
+
+
+def test_published_objects_is_one_list_until_the_published_set_changes() -> None:
+    """The executor's read-only check reuses what it found in the list published_objects gives: the list
+    must be a new one whenever something is published or removed."""
+    from duet.errors import PermissionDenied
+    from duet.remote import readonly
+    from duet.remote.allowlist import DEFAULT_ALLOWLIST
+
+    store = Store()
+    a, b = torch.zeros(3), torch.ones(3)
+    store.publish(a, name="a")
+    first = store.published_objects()
+    assert first is store.published_objects() and len(first) == 1 and first[0] is a
+
+    def change(t: torch.Tensor) -> bool:
+        return readonly.refuse_published_change(
+            DEFAULT_ALLOWLIST, store.published_objects, obj=t, name="add_", args=[1]
+        )
+
+    assert change(torch.zeros(2)) is True  # a change, to nothing published: allowed (and its ids seen)
+    with pytest.raises(PermissionDenied):
+        change(a)
+    store.publish(b, name="b")
+    assert store.published_objects() is not first and len(store.published_objects()) == 2
+    with pytest.raises(PermissionDenied):
+        change(b)  # published after the check last looked: refused all the same
+    store.remove("a")
+    assert all(o is not a for o in store.published_objects())
+    assert change(a) is True  # no longer published: the scientist may not reach it, the check lets it be

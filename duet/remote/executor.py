@@ -326,7 +326,7 @@ class Executor:
         return entry.obj
 
     def _published(self) -> list[Any]:
-        return [e.obj for e in self.store.published()]
+        return self.store.published_objects()
 
     # ---- op kinds ----------------------------------------------------------------------------------
 

@@ -64,6 +64,23 @@ def _ids(published: list[Any]) -> set[int]:
     return ids
 
 
+# (the list ``published()`` last returned, its objects' ids): a store gives the same list until its published
+# objects change (Store.published_objects); kept only when no published object is a container, whose items
+# the owner may change in place
+_IDS_SEEN: tuple[Any, frozenset[int]] = (None, frozenset())
+
+
+def _published_ids(source: Any, objs: list[Any]) -> set[int] | frozenset[int]:
+    global _IDS_SEEN
+    seen = _IDS_SEEN
+    if seen[0] is source and source is not None:
+        return seen[1]
+    ids = frozenset(_ids(objs))
+    if not any(isinstance(o, (dict, list, tuple)) for o in objs):
+        _IDS_SEEN = (source, ids)
+    return ids
+
+
 def _addresses(published: list[Any]) -> set[int]:
     return {a for obj in published for t in _tensors(obj) if (a := _memory(t))}
 
@@ -166,14 +183,17 @@ def refuse_published_change(
     kwargs: Mapping[str, Any] | None = None,
 ) -> bool:
     """Raise PermissionDenied if the call (method ``name`` of ``obj``, or function ``fn`` at ``path``) would
-    change a published object in place. ``published()`` is asked only when the call changes something.
-    Returns whether it changes anything in place (what a plan's verified runs rely on, see
-    :mod:`duet.remote.plans`)."""
+        change a published object in place. ``published()`` is asked only when the call changes something; it
+    returns a new list, or the same list as long as the published objects are the same (what it found in that
+    list is then reused).
+        Returns whether it changes anything in place (what a plan's verified runs rely on, see
+        :mod:`duet.remote.plans`)."""
     targets = _targets(fn, obj, name, path, args, kwargs or {}, allowlist)
     if not targets:
         return False
-    objs = list(published())
-    ids = _ids(objs)
+    source = published()
+    objs = list(source)
+    ids = _published_ids(source, objs)
     if name == "requires_grad_" and isinstance(obj, torch.Tensor):
         hit = id(obj) in ids  # the flag of a view of published data changes nothing the owner holds
     else:  # a target is published, or shares memory with published tensors (listed only when needed)

@@ -142,6 +142,7 @@ class Store:
         self._reads = threading.local()  # entries read by this thread since its last put (provenance)
         self._by_storage: dict[int, set[str]] = {}  # storage address -> ids of entries that use it
         self._storage_of: dict[str, set[int]] = {}
+        self._published_objects: list[Any] | None = None  # (see published_objects)
 
     # ---- owner API ---------------------------------------------------------------------------------
 
@@ -161,6 +162,7 @@ class Store:
                 raise ValueError(f"an object named {name!r} is already published: remove it first")
             self._entries[entry.id] = entry
             self._published[entry.id] = entry
+            self._published_objects = None
             self._index(entry)
         if self._on_publish is not None:
             self._on_publish(entry)
@@ -172,6 +174,7 @@ class Store:
         entry = self.entry(key)
         with self._lock:
             self._published.pop(entry.id, None)
+            self._published_objects = None
             if self._entries.pop(entry.id, None) is None:
                 return
             self._unindex(entry.id)
@@ -210,6 +213,16 @@ class Store:
     def published(self) -> list[Entry]:
         with self._lock:
             return list(self._published.values())
+
+    def published_objects(self) -> list[Any]:
+        """The published objects, as one list that stays the same object until something is published or
+        removed (the executor's read-only check asks for it on every call that changes something; it can
+        then reuse what it found in it). Not to be changed by the caller."""
+        objs = self._published_objects
+        if objs is None:
+            with self._lock:
+                objs = self._published_objects = [e.obj for e in self._published.values()]
+        return objs
 
     @property
     def pandas(self) -> Any:
