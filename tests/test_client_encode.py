@@ -36,6 +36,12 @@ _items = st.one_of(
     st.integers(min_value=1, max_value=50).map(_pointer),
     st.just(Level.LOW),
     st.just(slice(1, 4)),
+    st.builds(
+        slice,
+        st.one_of(st.none(), st.integers(-(2**70), 2**70), st.booleans()),
+        st.one_of(st.none(), st.integers(-(2**70), 2**70), st.just(Level.LOW)),
+        st.one_of(st.none(), st.integers(-3, 3), st.floats(0, 1)),
+    ),
     st.lists(st.integers(), max_size=2),
     st.just(torch.zeros(2)),
 )
@@ -71,11 +77,29 @@ def test_a_flat_dict_is_what_the_codec_makes(value: dict[Any, Any]) -> None:
 
 def test_a_typical_calls_arguments_take_the_short_way() -> None:
     x = _pointer(7)
-    for value in ([x, 2], [x, 1.5, None, "mean", True], {"dim": 1, "keepdim": True}, {}, []):
+    for value in (
+        [x, 2],
+        [x, 1.5, None, "mean", True],
+        {"dim": 1, "keepdim": True},
+        {},
+        [],
+        [slice(1)],
+        [slice(0, 32)],
+        [slice(-(2**63), 2**63 - 1, -1)],
+    ):
         flat = _flat_tree(value)
         assert flat is not None and _same(flat, _codec(value))
-    for value in ([x, [1, 2]], [torch.zeros(1)], [Level.LOW], [2**64 - 1], {1: x}, [b"b"], [slice(1)]):
+    for value in ([x, [1, 2]], [torch.zeros(1)], [Level.LOW], [2**64 - 1], {1: x}, [b"b"], [slice(True)]):
         assert _flat_tree(value) is None  # the codec's own way (and its checks and errors)
+    for value in ([slice(2**63)], [slice(0, Level.LOW)], [slice(0, 1, 0.5)]):
+        assert _flat_tree(value) is None
+
+
+def test_a_calls_arguments_encode_as_the_list_of_them() -> None:
+    """``call``/``method`` encode their argument tuple as ``_encode(list(args))`` did, slices included."""
+    x = _pointer(7)
+    for args in ((x, slice(0, 32)), (x, 2, None), (), (x, [1, 2]), (slice(None, Level.LOW),)):
+        assert _same(_REMOTE._encode_args(args, []), _REMOTE._encode(list(args), []))
 
 
 def test_namespace_names_are_checked_once_per_tables() -> None:

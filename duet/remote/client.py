@@ -49,30 +49,40 @@ _HOLD_SECONDS = 0.005  # the longest a step's first ops wait for the rest of it 
 
 
 _PLAIN = frozenset({type(None), bool, float, str})
+_PROPERTY_NAMES = 1024  # names is_property remembers per tables (bounded, whatever names a program reads)
 
 
 def _flat_tree(value: Any) -> list[Any] | None:
-    """What :func:`codec.encode` makes of a list of pointers and plain scalars, or of a dict of them with
-    string keys, built without its walk; None for anything else (the codec then encodes it)."""
+    """What :func:`codec.encode` makes of a list of pointers, plain scalars and slices of ints, or of a dict
+    of them with string keys, built without its walk; None for anything else (the codec then encodes it)."""
     t = type(value)
     if t is list:
-        out: list[Any] = ["list"]
-        items: Any = value
-    elif t is dict:
-        out = ["dict"]
+        return _flat_items(["list"], value)
+    if t is dict:
         if not value:
-            return out
+            return ["dict"]
         if not all(type(k) is str for k in value):
             return None
-        items = [x for kv in value.items() for x in kv]
-    else:
-        return None
+        return _flat_items(["dict"], [x for kv in value.items() for x in kv])
+    return None
+
+
+def _flat_items(out: list[Any], items: Any) -> list[Any] | None:
+    """``out`` with each of ``items`` as the codec encodes it (see _flat_tree), or None."""
     if len(items) > 32:
         return None
     for x in items:
         tx = type(x)
         if tx in _PLAIN or (tx is int and -(1 << 63) <= x < 1 << 63):
             out.append(x)
+        elif tx is slice:  # a batch's ``x[i : i + 32]``
+            parts: list[Any] = ["slice"]
+            for p in (x.start, x.stop, x.step):
+                if p is None or (type(p) is int and -(1 << 63) <= p < 1 << 63):
+                    parts.append(p)
+                else:
+                    return None
+            out.append(parts)
         elif isinstance(x, Pointer) and type(ref := x._duet_id) is str:
             out.append(["ptr", ref])
         else:
@@ -106,6 +116,8 @@ class Remote:
         self.refused: collections.deque[RemoteError] = collections.deque(maxlen=1000)
         self.ops_sent = 0
         self.tables: Tables = default_tables()  # the owner's, once its welcome has described them
+        # is_property's answers for pointers without metadata, by name, and the tables they came from
+        self._properties: tuple[Tables | None, dict[str, bool]] = (None, {})
         self.planner = Planner()
         self.planner.enabled = False  # until the owner's welcome says it runs plans
 
@@ -122,6 +134,16 @@ class Remote:
         flat = _flat_tree(value)  # most calls' arguments: pointers and plain numbers, strings, None
         if flat is not None:
             return flat
+        return self._encode_tree(value, buffers)
+
+    def _encode_args(self, args: tuple[Any, ...], buffers: list[Any]) -> Any:
+        """:meth:`_encode` of ``list(args)``."""
+        flat = _flat_items(["list"], args)
+        if flat is not None:
+            return flat
+        return self._encode_tree(list(args), buffers)
+
+    def _encode_tree(self, value: Any, buffers: list[Any]) -> Any:
         try:
             return codec.encode(value, buffers, pointer_id=self._pointer_id)
         except (TypeError, ValueError) as exc:
@@ -279,8 +301,8 @@ class Remote:
         op = {
             "k": "call",
             "p": path,
-            "a": self._encode(list(args), buffers),
-            "kw": self._encode(kwargs, buffers),
+            "a": self._encode_args(args, buffers),
+            "kw": self._encode(kwargs, buffers) if kwargs else ["dict"],
         }
         return self._emit(op, buffers)
 
@@ -288,7 +310,7 @@ class Remote:
         buffers: list[Any] = []
         op: dict[str, Any] = {"k": "meth", "s": ptr._duet_id, "n": name}
         if args:
-            op["a"] = self._encode(list(args), buffers)
+            op["a"] = self._encode_args(args, buffers)
         if kwargs:
             op["kw"] = self._encode(kwargs, buffers)
         return self._emit(op, buffers)
@@ -298,7 +320,7 @@ class Remote:
 
     def python(self, name: str, args: tuple[Any, ...]) -> Pointer:
         buffers: list[Any] = []
-        return self._emit({"k": "py", "n": name, "a": self._encode(list(args), buffers)}, buffers)
+        return self._emit({"k": "py", "n": name, "a": self._encode_args(args, buffers)}, buffers)
 
     def send_value(self, value: Any) -> Pointer:
         buffers: list[Any] = []
@@ -313,9 +335,9 @@ class Remote:
         self._queue({"k": "ctx", "p": path, "e": enter}, [])
 
     def _emit(self, op: dict[str, Any], buffers: list[Any]) -> Pointer:
-        oid = self.new_id()
+        oid = f"s{next(self._ids)}"  # (new_id and _new_pointer, inline: once per call of a training loop)
         op["o"] = oid
-        ptr = self._new_pointer(oid)
+        ptr = Pointer(self, oid)
         self._live.add(oid)
         self._queue(op, buffers)
         return ptr
@@ -343,8 +365,30 @@ class Remote:
         """Whether ``ptr.name`` reads an attribute (a property, a module's layer or weight) or names a method,
         by the owner's tables; PermissionDenied for a tensor's name that neither allows (see Tables)."""
         meta = ptr._duet_meta
-        known = meta.get("type") if meta else None
-        return self.tables.is_property(name, known, lambda: ptr._duet_metadata("type").get("type"))
+        if meta:
+            return self.tables.is_property(
+                name, meta.get("type"), lambda: ptr._duet_metadata("type").get("type")
+            )
+        # a pointer with no metadata yet (a loop's ``loss.backward``): the tables' answer for the name alone
+        # is kept, per tables, unless they had to ask the owner for the object's type
+        tables = self.tables
+        memo = self._properties
+        if memo[0] is not tables:
+            memo = self._properties = (tables, {})
+        known = memo[1].get(name)
+        if known is not None:
+            return known
+        asked = False
+
+        def type_of() -> Any:
+            nonlocal asked
+            asked = True
+            return ptr._duet_metadata("type").get("type")
+
+        result = tables.is_property(name, None, type_of)
+        if not asked and len(memo[1]) < _PROPERTY_NAMES:
+            memo[1][name] = result
+        return result
 
     # ---- blocking calls --------------------------------------------------------------------------------
 

@@ -79,8 +79,49 @@ def _has_ptr(node: Any) -> bool:
     if type(node) is list:
         if len(node) == 2 and node[0] == "ptr":
             return True
-        return any(_has_ptr(x) for x in node)
+        for x in node:
+            if type(x) is list and _has_ptr(x):
+                return True
     return False
+
+
+def _note_refs(ops: list[dict[str, Any]], last_use: dict[str, int]) -> None:
+    """``last_use[ref] = i`` for each id that op ``i`` uses (as :func:`_refs` finds them), the ops in order."""
+    for i, op in enumerate(ops):
+        if "s" in op:
+            last_use[op["s"]] = i
+        for key in ("a", "kw"):
+            tree = op.get(key)
+            if type(tree) is not list:
+                continue
+            if len(tree) == 2 and tree[0] == "ptr" and type(tree[1]) is str:
+                last_use[tree[1]] = i
+                continue
+            for node in tree:
+                if type(node) is list:
+                    if len(node) == 2 and node[0] == "ptr" and type(node[1]) is str:
+                        last_use[node[1]] = i
+                    else:
+                        for ref in _refs_in(node):
+                            last_use[ref] = i
+
+
+def _refs_in(tree: list[Any]) -> list[str]:
+    out: list[str] = []
+    _walk_refs(tree, out)
+    return out
+
+
+def _keys(ops: list[dict[str, Any]]) -> list[Any]:
+    """Each op's key (its kind, and its path or name), None for an op that is never planned (as
+    :func:`_plannable` says)."""
+    unplanned = plans.UNPLANNED
+    return [
+        (op["k"], op.get("p") or op.get("n"))
+        if op.get("k") in _PLANNED_KINDS and "b" not in op and op.get("n") not in unplanned
+        else None
+        for op in ops
+    ]
 
 
 class _Segment:
@@ -156,7 +197,7 @@ def _holes(a: Any, b: Any, at: list[tuple[int, ...]], path: tuple[int, ...]) -> 
 
 
 class _Template:
-    __slots__ = ("pid", "keys", "ops", "n_in", "holes", "definition")
+    __slots__ = ("pid", "keys", "ops", "n_in", "holes", "definition", "_prog")
 
     def __init__(
         self, pid: int, keys: list[Any], seg: _Segment, holes: dict[int, list[tuple[str, tuple[int, ...]]]]
@@ -172,25 +213,53 @@ class _Template:
                 ops[j][field] = _replace(ops[j][field], path, ["ptr", f"${len(self.holes) - 1}"])
         self.ops = ops
         self.definition = {"k": "plan", "id": pid, "n": seg.n_in, "h": len(self.holes), "t": ops}
+        self._prog: list[Any] | None = None
 
     def match_ops(self, ops: list[dict[str, Any]]) -> tuple[list[str], list[Any]] | None:
         """The input ids and hole values if ``ops`` are this template's ops with other constants (as
         :meth:`match` of their segment, without building it), else None."""
         b = _Binding(ops, self.n_in)
-        for j, (t, op) in enumerate(zip(self.ops, ops)):
+        for j, (prog, op) in enumerate(zip(self._program(), ops)):
             b.j = j
-            if op["k"] != t["k"] or op.get("p") != t.get("p") or op.get("n") != t.get("n"):
+            k, p, n, s, trees = prog
+            if op["k"] != k or op.get("p") != p or op.get("n") != n:
                 return None
-            if ("s" in t) != ("s" in op) or ("s" in t and not b.slot(t["s"], op["s"])):
-                return None
-            for key in ("a", "kw"):
-                if (key in t) != (key in op):
+            if s is None:
+                if "s" in op:
                     return None
-                if key in t and not b.tree(t[key], op[key]):
+            elif "s" not in op or not b.slot_k(s, op["s"]):
+                return None
+            for key, flat, tree in trees:
+                if key is None:  # the op has a field the template has not
+                    if tree in op:
+                        return None
+                    continue
+                if key not in op:
+                    return None
+                if not (b.flat(flat, op[key]) if flat is not None else b.tree(tree, op[key])):
                     return None
         if len(b.inputs) != self.n_in or len(b.values) != len(self.holes):
             return None
         return b.inputs, [b.values[k] for k in range(len(self.holes))]
+
+    def _program(self) -> list[tuple[Any, Any, Any, int | None, list[tuple[str | None, Any, Any]]]]:
+        """The template's ops as :meth:`match_ops` reads them (made once): each op's kind, path and name,
+        its ``self`` slot's number, and its argument trees, each flat (see :func:`_flat_program`) where it
+        can be."""
+        prog = self._prog
+        if prog is None:
+            prog = []
+            for t in self.ops:
+                trees: list[tuple[str | None, Any, Any]] = []
+                for key in ("a", "kw"):
+                    if key in t:
+                        trees.append((key, _flat_program(t[key]), t[key]))
+                    else:
+                        trees.append((None, None, key))
+                s = int(t["s"][1:]) if "s" in t else None
+                prog.append((t["k"], t.get("p"), t.get("n"), s, trees))
+            self._prog = prog
+        return prog
 
     def match(self, seg: _Segment) -> list[Any] | None:
         """The hole values if ``seg`` is this template with other constants, else None."""
@@ -224,9 +293,14 @@ class _Binding:
 
     def slot(self, slot: Any, ref: Any) -> bool:
         """Whether the op's pointer ``ref`` is what the template's ``slot`` (``#k``) stands for."""
-        if type(ref) is not str or type(slot) is not str:
+        if type(slot) is not str:
             return False
-        k = int(slot[1:])
+        return self.slot_k(int(slot[1:]), ref)
+
+    def slot_k(self, k: int, ref: Any) -> bool:
+        """:meth:`slot` of the template's slot ``#k``."""
+        if type(ref) is not str:
+            return False
         m = self.made.get(ref, self.j)
         if k >= self.n_in:  # the result of the window's op k - n_in, made before this op
             return m < self.j and m == k - self.n_in
@@ -239,6 +313,26 @@ class _Binding:
             return False
         self.index[ref] = k
         self.inputs.append(ref)
+        return True
+
+    def flat(self, prog: list[tuple[int, Any]], s: Any) -> bool:
+        """:meth:`tree` of a template tree whose items are constants, slots, holes and other trees, from its
+        program (see :func:`_flat_program`): the same checks in the same order, without the recursion."""
+        if type(s) is not list or len(s) != len(prog):
+            return False
+        for (what, x), y in zip(prog, s):
+            if what == _CONST:
+                if type(y) is not type(x) or not x == y:
+                    return False
+            elif what == _SLOT:
+                if type(y) is not list or len(y) != 2 or y[0] != "ptr" or not self.slot_k(x, y[1]):
+                    return False
+            elif what == _HOLE:
+                if _has_ptr(y):
+                    return False
+                self.values[x] = y
+            elif not self.tree(x, y):
+                return False
         return True
 
     def tree(self, t: Any, s: Any) -> bool:
@@ -255,6 +349,27 @@ class _Binding:
                 return False
             return all(self.tree(x, y) for x, y in zip(t, s))
         return _same(t, s)
+
+
+_CONST, _SLOT, _HOLE, _TREE = 0, 1, 2, 3
+
+
+def _flat_program(t: Any) -> list[tuple[int, Any]] | None:
+    """A template's argument tree as the items :meth:`_Binding.flat` checks: each a constant (not a list),
+    a slot (its number), a hole (its number) or another tree; None for a tree that is not a list of
+    them (a pointer itself: :meth:`_Binding.tree` reads it)."""
+    if type(t) is not list or (len(t) == 2 and t[0] == "ptr" and type(t[1]) is str):
+        return None
+    prog: list[tuple[int, Any]] = []
+    for x in t:
+        if type(x) is not list:
+            prog.append((_CONST, x))
+        elif len(x) == 2 and x[0] == "ptr" and type(x[1]) is str:
+            ref = x[1]
+            prog.append((_HOLE, int(ref[1:])) if ref.startswith("$") else (_SLOT, int(ref[1:])))
+        else:
+            prog.append((_TREE, x))
+    return prog
 
 
 def _fits(t: Any, s: Any, values: dict[int, Any]) -> bool:
@@ -299,7 +414,7 @@ class Planner:
             return n
         longest = max(len(t.keys) for known in self._templates.values() for t in known)
         start = max(0, n - longest + 1)
-        keys = [(op["k"], op.get("p") or op.get("n")) if _plannable(op) else None for op in ops[start:]]
+        keys = _keys(ops[start:])
         for k, key in enumerate(keys):
             if key is None:
                 continue
@@ -320,11 +435,9 @@ class Planner:
         n = len(ops)
         if not self.enabled or n < MIN_OPS:
             return ops, set()
-        keys = [(op["k"], op.get("p") or op.get("n")) if _plannable(op) else None for op in ops]
+        keys = _keys(ops)
         last_use: dict[str, int] = {}
-        for i, op in enumerate(ops):
-            for ref in _refs(op):
-                last_use[ref] = i
+        _note_refs(ops, last_use)
         for op in later:
             for ref in _refs(op):
                 last_use[ref] = n

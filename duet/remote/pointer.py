@@ -226,6 +226,7 @@ class RemoteNamespace:
         self._remote, self._path = remote, path
         # what each name led to, and under which of the remote's tables (a new welcome replaces them)
         self._children: dict[str, tuple[Any, Any]] = {}
+        self._context: tuple[Any, bool] = (None, False)  # whether the path is a context, by which tables
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -244,9 +245,15 @@ class RemoteNamespace:
         return child
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._remote.is_context(self._path):
-            return GradContext(self._remote, self._path)
-        return self._remote.call(self._path, args, kwargs)
+        remote = self._remote
+        tables, context = self._context
+        if tables is not remote.tables:  # asked once per tables (a loop calls ``f.relu`` every step)
+            tables = remote.tables
+            context = remote.is_context(self._path)
+            self._context = (tables, context)
+        if context:
+            return GradContext(remote, self._path)
+        return remote.call(self._path, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<remote {self._path}>"
