@@ -60,9 +60,8 @@ __all__ = [
     "encode_value",
 ]
 
-IN_PLACE_MIN = (
-    1 << 20
-)  # a tensor this large, 7/8 or more of a frame put together from parts, is decoded in place
+# a tensor this large, 7/8 or more of a frame put together from parts, is decoded in place
+IN_PLACE_MIN = 1 << 20
 _DEVICE_TYPES = frozenset({"cpu", "cuda", "mps"})
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 _MAX_DIM = 2**62
