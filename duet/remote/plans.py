@@ -203,7 +203,8 @@ class _Plan:
         for op in ops:
             self.deps.append(frozenset().union(*[self.deps[r] for r in op.refs]))
         # input signature -> (each op's result signature, whether each op changes something in place,
-        # the inputs known by identity: index and weak reference, each op's fast record or None)
+        # the inputs known by identity: index and weak reference, each op's fast record or None, and
+        # [the allowlist, each fast op's binding under it], filled by the verified runs)
         self.verified: dict[
             Any, tuple[list[Any], list[bool], tuple[tuple[int, weakref.ref[Any]], ...], list[Any], list[Any]]
         ] = {}
