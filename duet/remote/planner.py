@@ -86,42 +86,15 @@ def _has_ptr(node: Any) -> bool:
 
 
 def _note_refs(ops: list[dict[str, Any]], last_use: dict[str, int]) -> None:
-    """``last_use[ref] = i`` for each id that op ``i`` uses (as :func:`_refs` finds them), the ops in order."""
+    """``last_use[ref] = i`` for each id that op ``i`` uses (see :func:`_refs`), the ops in order."""
     for i, op in enumerate(ops):
-        if "s" in op:
-            last_use[op["s"]] = i
-        for key in ("a", "kw"):
-            tree = op.get(key)
-            if type(tree) is not list:
-                continue
-            if len(tree) == 2 and tree[0] == "ptr" and type(tree[1]) is str:
-                last_use[tree[1]] = i
-                continue
-            for node in tree:
-                if type(node) is list:
-                    if len(node) == 2 and node[0] == "ptr" and type(node[1]) is str:
-                        last_use[node[1]] = i
-                    else:
-                        for ref in _refs_in(node):
-                            last_use[ref] = i
-
-
-def _refs_in(tree: list[Any]) -> list[str]:
-    out: list[str] = []
-    _walk_refs(tree, out)
-    return out
+        for ref in _refs(op):
+            last_use[ref] = i
 
 
 def _keys(ops: list[dict[str, Any]]) -> list[Any]:
-    """Each op's key (its kind, and its path or name), None for an op that is never planned (as
-    :func:`_plannable` says)."""
-    unplanned = plans.UNPLANNED
-    return [
-        (op["k"], op.get("p") or op.get("n"))
-        if op.get("k") in _PLANNED_KINDS and "b" not in op and op.get("n") not in unplanned
-        else None
-        for op in ops
-    ]
+    """Each op's key (its kind, and its path or name), None for an op that is never planned."""
+    return [(op["k"], op.get("p") or op.get("n")) if _plannable(op) else None for op in ops]
 
 
 class _Segment:
