@@ -1142,3 +1142,120 @@ def test_verified_runs_give_the_data_to_every_leaf_of_backward() -> None:
     assert not side.failures
     assert {x.id, y.id, z.id} <= store.lookup(layer._duet_id).sources
     assert store.lookup(other._duet_id).sources == frozenset()
+
+
+# ---- a slice's spread, skipped where it would change nothing again (plans.Plans.run, _spread_key) --------
+
+_SLICE_SUM = [
+    {"k": "meth", "s": "#0", "n": "__getitem__", "a": ["ptr", "$0"]},  # a view of the input: a spread
+    {"k": "meth", "s": "#1", "n": "sum"},
+    {"k": "meth", "s": "#2", "n": "item"},  # kept: a float, which the store does not index by storage
+]
+_HALF = ["list", ["slice", 0, 4, None]]
+
+
+@contextlib.contextmanager
+def _counted_spreads(store: Store) -> Iterator[list[int]]:
+    """Counts the store's spreads of a tensor without an autograd graph (a slice's)."""
+    count = [0]
+    real = store.spread
+
+    def spread(sources: Any, entries: Any, objects: Any) -> bool:
+        objects = list(objects)
+        if any(isinstance(o, torch.Tensor) and o.grad_fn is None for o in objects):
+            count[0] += 1
+        return real(sources, entries, objects)
+
+    store.spread = spread  # type: ignore[method-assign]
+    try:
+        yield count
+    finally:
+        del store.spread
+
+
+def test_a_slices_spread_that_changed_nothing_is_not_repeated() -> None:
+    store = Store()
+    x = store.publish(torch.arange(16.0).reshape(8, 2), name="x")
+    ex = Executor(store)
+    run = define_and_run(ex, [dict(op) for op in _SLICE_SUM], n_in=1, n_holes=1)
+    with _counted_spreads(store) as spreads:
+        for _ in range(2):
+            assert run([x.id], [_HALF], keep=[2])[0] == []
+        before = spreads[0]
+        for _ in range(3):
+            failures, outs = run([x.id], [_HALF], keep=[2])
+            assert failures == []
+            assert store.lookup(outs[2]).sources == frozenset([x.id])
+            assert store.lookup(outs[2]).obj == float(torch.arange(8.0).sum())
+    assert ex.plans.fast_ops >= 9
+    assert before >= 1 and spreads[0] == before  # the verified runs' slices: skipped, the same sources
+
+
+def test_a_slices_spread_reaches_an_entry_that_shares_the_storage_since() -> None:
+    """An entry indexed under the slice's storage after the spread was last done (the owner publishes a
+    view of the same tensor) gets the slice's sources, as it would from the first run."""
+    store = Store()
+    base = torch.arange(16.0).reshape(8, 2)
+    x = store.publish(base, name="x")
+    ex = Executor(store)
+    run = define_and_run(ex, [dict(op) for op in _SLICE_SUM], n_in=1, n_holes=1)
+    for _ in range(3):
+        assert run([x.id], [_HALF], keep=[2])[0] == []
+    view = store.publish(base.view(8, 2), name="x_view")
+    assert view.sources == frozenset([view.id])
+    assert run([x.id], [_HALF], keep=[2])[0] == []
+    assert store.lookup(view.id).sources == frozenset([view.id, x.id])
+
+
+def test_a_slices_spread_carries_sources_its_inputs_gained_since() -> None:
+    """``a.view_as(b)`` shares ``a``'s storage and comes from ``a`` and ``b``: once ``b`` has taken in the
+    data (another plan's in-place ``add_``, which indexes nothing), the next run gives ``a`` the data too."""
+    store = Store()
+    data = store.publish(torch.ones(4), name="data")
+    ex = Executor(store)
+    _put(ex, "sA", torch.zeros(4))
+    _put(ex, "sB", torch.zeros(4))
+    view = [{"k": "meth", "s": "#0", "n": "view_as", "a": ["list", ["ptr", "#1"]]}]
+    run = define_and_run(ex, view, n_in=2)
+    for _ in range(3):
+        assert run(["sA", "sB"], keep=[])[0] == []
+    assert store.lookup("sA").sources == frozenset()
+    add = [{"k": "meth", "s": "#0", "n": "add_", "a": ["list", ["ptr", "#1"]]}]
+    assert ex.run_ops([{"k": "plan", "id": 2, "n": 2, "h": 0, "t": add}], []) == []
+    assert (
+        ex.run_ops([{"k": "run", "id": 2, "i": ["sB", data.id], "h": [], "o": ["sAdd"], "keep": []}], [])
+        == []
+    )
+    assert store.lookup("sB").sources == frozenset([data.id])
+    assert run(["sA", "sB"], keep=[])[0] == []
+    assert store.lookup("sA").sources == frozenset([data.id])
+
+    # a single op that returns nothing (``b[0] = other[0]``) gives ``b`` what it read, indexing nothing
+    other = store.publish(torch.ones(4), name="other")
+    setitem = {"k": "meth", "s": "sB", "n": "__setitem__", "a": ["list", 0, ["ptr", "sO"]], "o": "sSet"}
+    assert (
+        ex.run_ops([{"k": "meth", "s": other.id, "n": "__getitem__", "a": ["list", 0], "o": "sO"}], []) == []
+    )
+    assert run(["sA", "sB"], keep=[])[0] == []  # changes nothing: what the next run would skip
+    assert ex.run_ops([setitem], []) == []
+    assert store.lookup("sB").sources == frozenset([data.id, other.id])
+    assert run(["sA", "sB"], keep=[])[0] == []
+    assert store.lookup("sA").sources == frozenset([data.id, other.id])
+
+
+def test_a_slices_spread_is_done_again_for_another_entry_on_the_same_storage() -> None:
+    """Two published entries on one storage (a tensor and a view of all of it): slicing the second after
+    the first gives the first the second's sources, although the storage and the store are the same."""
+    store = Store()
+    base = torch.arange(16.0).reshape(8, 2)
+    x = store.publish(base, name="x")
+    alias = store.publish(base.view(8, 2), name="alias")
+    ex = Executor(store)
+    run = define_and_run(ex, [dict(op) for op in _SLICE_SUM], n_in=1, n_holes=1)
+    for _ in range(3):
+        assert run([x.id], [_HALF], keep=[2])[0] == []
+    assert store.lookup(alias.id).sources == frozenset([alias.id, x.id])
+    assert store.lookup(x.id).sources == frozenset([x.id])
+    assert run([alias.id], [_HALF], keep=[2])[0] == []
+    assert ex.plans.verified_runs >= 3
+    assert store.lookup(x.id).sources == frozenset([x.id, alias.id])

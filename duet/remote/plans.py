@@ -53,7 +53,7 @@ from .store import _meta
 
 if TYPE_CHECKING:
     from .executor import Executor
-    from .store import Entry
+    from .store import Entry, Store
 
 __all__ = ["Plans", "Refused", "UNPLANNED", "MAX_PLANS", "MAX_PLAN_OPS", "MAX_TEMPLATE_OPS"]
 
@@ -182,7 +182,7 @@ def _builder(tree: Any, is_kwargs: bool) -> tuple[Any, ...] | None:
 
 
 class _Plan:
-    __slots__ = ("ops", "n_in", "n_holes", "verified", "last_users", "deps")
+    __slots__ = ("ops", "n_in", "n_holes", "verified", "last_users", "deps", "spread_inputs")
 
     def __init__(self, ops: list[_Op], n_in: int, n_holes: int) -> None:
         self.ops = ops
@@ -202,11 +202,24 @@ class _Plan:
         self.deps: list[frozenset[int]] = [frozenset([i]) for i in range(n_in)]
         for op in ops:
             self.deps.append(frozenset().union(*[self.deps[r] for r in op.refs]))
+        # the inputs whose entries an op's spread depends on: those its sources come from and those it reads
+        self.spread_inputs: list[tuple[int, ...]] = [
+            tuple(sorted(self.deps[n_in + j] | {r for r in op.refs if r < n_in})) for j, op in enumerate(ops)
+        ]
         # input signature -> (each op's result signature, whether each op changes something in place,
-        # the inputs known by identity: index and weak reference, each op's fast record or None, and
-        # [the allowlist, each fast op's binding under it], filled by the verified runs)
+        # the inputs known by identity: index and weak reference, each op's fast record or None,
+        # [the allowlist, each fast op's binding under it], filled by the verified runs, and each op's last
+        # spread that changed nothing, or None: see _spread_key)
         self.verified: dict[
-            Any, tuple[list[Any], list[bool], tuple[tuple[int, weakref.ref[Any]], ...], list[Any], list[Any]]
+            Any,
+            tuple[
+                list[Any],
+                list[bool],
+                tuple[tuple[int, weakref.ref[Any]], ...],
+                list[Any],
+                list[Any],
+                list[Any],
+            ],
         ] = {}
 
 
@@ -345,6 +358,7 @@ class Plans:
         # each fast op's allowlist binding, made on its first fast run (valid while the allowlist is the same
         # object: an allowlist's tables never change)
         binders: list[Any] = []
+        spreads: list[Any] = found[5] if found is not None else []
         if found is not None:
             bound_for = found[4]
             if bound_for[0] is not ex.allowlist:
@@ -376,7 +390,8 @@ class Plans:
         held = 0  # bytes of the results this run holds (see the quota check after each call)
         sizes = [0] * n
         perf = time.perf_counter
-        shares_storage = store.shares_storage
+        shared_storage = store.shared_storage
+        spread_inputs = plan.spread_inputs
         refuse_change, check_items_before = readonly.refuse_published_change, guards.check_items_before
         plan_deps, last_users = plan.deps, plan.last_users
         for j, top in enumerate(ops):
@@ -487,13 +502,22 @@ class Plans:
                     sizes[out] = nbytes
                     held += nbytes
                     dep = deps[out] = plan_deps[out]
-                    if dep and (result is None or (is_tensor and shares_storage(result))):
-                        read = [e for u in refs if u < n_in and (e := entries[u]) is not None]
-                        store.spread(
-                            _sources(entries, dep),
-                            read,
-                            [slots[u] for u in refs] if result is None else [result],
-                        )
+                    if dep:
+                        if result is None:
+                            read = [e for u in refs if u < n_in and (e := entries[u]) is not None]
+                            store.spread(_sources(entries, dep), read, [slots[u] for u in refs])
+                        elif is_tensor and (ptr := shared_storage(result)):
+                            # a view of an entry (a batch's slice): skipped where the same spread changed
+                            # nothing last time (see _spread_key)
+                            skey = (
+                                None
+                                if result.grad_fn is not None
+                                else _spread_key(store, ptr, entries, spread_inputs[j])
+                            )
+                            if skey is None or skey != spreads[j]:
+                                read = [e for u in refs if u < n_in and (e := entries[u]) is not None]
+                                grew = store.spread(_sources(entries, dep), read, [result])
+                                spreads[j] = None if grew else skey
                     for k in last_users[j]:
                         if k not in kept:
                             slots[n_in + k] = None
@@ -618,6 +642,7 @@ class Plans:
                 tuple((i, weakref.ref(slots[i])) for i in known),
                 records,
                 [None, []],  # (the allowlist, each fast op's binding: made on its first fast run)
+                [None] * len(ops),  # (each op's last spread that changed nothing: see _spread_key)
             )
         return failures
 
@@ -764,6 +789,14 @@ def _sources(entries: Sequence[Entry | None], dep: frozenset[int]) -> frozenset[
     if len(sets) == 1:
         return sets[0]
     return frozenset().union(*sets)
+
+
+def _spread_key(store: Store, ptr: int, entries: Sequence[Entry | None], inputs: tuple[int, ...]) -> Any:
+    """What the spread of a tensor result without an autograd graph, sharing the storage at ``ptr`` with an
+    entry, depends on besides the store's entries' state: the store's generation (its storage index and
+    every entry's sources), the storage, and the entries (by serial) its sources come from and it reads.
+    A spread that changed nothing would change nothing again under the same key."""
+    return (store.generation, ptr, [e.serial if (e := entries[u]) is not None else 0 for u in inputs])
 
 
 def _result_id(oid: Any) -> bool:

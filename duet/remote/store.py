@@ -15,6 +15,7 @@ Sources only grow; an object derived from no published data has none, and no tag
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import secrets
 import threading
 import time
@@ -28,6 +29,8 @@ from ..codec import describe
 from ..errors import PermissionDenied, ProtocolError, QuotaExceeded, RemoteError
 from .dtypes import DTYPE_TO_NAME, check_publishable
 from .storages import _graph_leaves, _storages, _storages_of_all, _trainable
+
+_SERIALS = itertools.count(1)  # Entry.serial
 
 __all__ = ["Entry", "Store", "Quotas", "STORE_COLUMNS"]
 
@@ -62,6 +65,9 @@ class Entry:
     meta: dict[str, Any] = field(default_factory=dict)
     sources: frozenset[str] = frozenset()  # the published objects the value was computed from
     created: float = field(default_factory=time.time)  # when it was stored (seconds since the epoch)
+    serial: int = field(
+        default_factory=lambda: next(_SERIALS)
+    )  # never reused, unlike ids (see Store.generation)
 
     @property
     def created_at(self) -> dt.datetime:
@@ -142,6 +148,11 @@ class Store:
         self._reads = threading.local()  # entries read by this thread since its last put (provenance)
         self._by_storage: dict[int, set[str]] = {}  # storage address -> ids of entries that use it
         self._storage_of: dict[str, set[int]] = {}
+        # counts the changes that can make a spread reach more than it did: an entry indexed by storage,
+        # and any entry's sources growing (they never shrink). A spread that changed nothing changes
+        # nothing again, while the generation is the same, for the same sources, entries (by serial) and
+        # storages: Plans.run skips such repeats of a slice's spread.
+        self.generation = 0
         self._published_objects: list[Any] | None = None  # (see published_objects)
 
     # ---- owner API ---------------------------------------------------------------------------------
@@ -314,14 +325,16 @@ class Store:
             other = self._entries.get(oid)
             if other is not None and not sources <= other.sources:
                 other.sources |= sources
+                self.generation += 1
 
-    def spread(self, sources: frozenset[str], entries: Iterable[Entry], objects: Iterable[Any]) -> None:
+    def spread(self, sources: frozenset[str], entries: Iterable[Entry], objects: Iterable[Any]) -> bool:
         """Give ``sources`` to whatever an op of a plan may have written into (the plan's own results are
         not entries): the ``entries`` it read, every entry sharing storage with them or with ``objects``
         (values it read or returned), and the entries holding the leaves of their autograd graphs. The same
-        rule as :meth:`put` applies to an op's result (see the module)."""
+        rule as :meth:`put` applies to an op's result (see the module). Returns whether an entry's sources
+        grew."""
         if not sources:
-            return
+            return False
         storage_of, by_storage = self._storage_of, self._by_storage
         with self._lock:
             touched = {e.id for e in entries}
@@ -346,18 +359,28 @@ class Store:
                         keys |= _storages_of_all(leaves)
             for key in keys:
                 touched |= by_storage.get(key, _NO_IDS)
+            grew = False
             for oid in touched:
                 other = self._entries.get(oid)
                 if other is not None and not sources <= other.sources:
                     other.sources |= sources
+                    grew = True
+            if grew:
+                self.generation += 1
+            return grew
 
     def shares_storage(self, obj: Any) -> bool:
         """Whether a tensor uses the storage of an entry (a view of one, or the entry itself)."""
+        return self.shared_storage(obj) != 0
+
+    def shared_storage(self, obj: Any) -> int:
+        """The address of a tensor's storage if an entry uses it too (a view of one, or the entry itself);
+        else 0."""
         try:
             ptr = obj.untyped_storage().data_ptr()
         except (RuntimeError, NotImplementedError, AttributeError):
-            return False
-        return bool(ptr) and ptr in self._by_storage
+            return 0
+        return ptr if ptr and ptr in self._by_storage else 0
 
     def _index(self, entry: Entry) -> None:
         obj = entry.obj
@@ -369,6 +392,7 @@ class Store:
             except (RuntimeError, NotImplementedError):
                 return
             if ptr:
+                self.generation += 1
                 self._storage_of[entry.id] = {ptr}
                 ids = self._by_storage.get(ptr)
                 if ids is None:
@@ -378,11 +402,13 @@ class Store:
             return
         keys = _storages(obj)
         if keys:
+            self.generation += 1
             self._storage_of[entry.id] = keys
             for key in keys:
                 self._by_storage.setdefault(key, set()).add(entry.id)
 
     def _unindex(self, oid: str) -> None:
+        # (no new generation: an entry that leaves the index only narrows what a spread reaches)
         for key in self._storage_of.pop(oid, ()):
             ids = self._by_storage.get(key)
             if ids is not None:
