@@ -334,3 +334,30 @@ def test_release_many_frees_scientist_objects_only() -> None:
     s.put("s2", torch.ones(5))
     assert s.release_many(["s1", x.id, "s9", 7, "s1"]) == 1
     assert s.scientist_objects == 1 and s.scientist_bytes == 20 and s.holds(x.id)
+
+
+class _Tensor(torch.Tensor):
+    pass
+
+
+class _Str(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [torch.ones(3), torch.nn.Parameter(torch.ones(3)), torch.ones(3).as_subclass(_Tensor), [1, 2], _List([1]),
+     (1, 2), {"a": 1}, "ab", _Str("ab"), 1.5, 3, torch.nn.Linear(2, 2), None],
+)  # fmt: skip
+def test_a_binding_skips_the_item_check_only_where_it_can_refuse_nothing(obj: object) -> None:
+    """``guards.may_check_items`` (asked once per type by a plan's binding) is False only where
+    ``check_items_before`` lets every call through, whatever its arguments."""
+    huge = range(guards.MAX_ITEMS + 1)
+    for name in (*guards.ITEM_METHODS, *guards._GROWERS, "sum", "__call__", "step"):
+        if guards.may_check_items(obj, name):
+            continue
+        for args in ([huge], [list(huge)], [guards.MAX_ITEMS + 1], [1]):
+            guards.check_items_before(obj, name, args, {})  # never raises
+    assert guards.may_check_items(torch.ones(3), "tolist") and guards.may_check_items([1], "extend")
+    with pytest.raises(QuotaExceeded):
+        guards.check_items_before(list(range(10)), "extend", [list(huge)], {})

@@ -1259,3 +1259,50 @@ def test_a_slices_spread_is_done_again_for_another_entry_on_the_same_storage() -
     assert run([alias.id], [_HALF], keep=[2])[0] == []
     assert ex.plans.verified_runs >= 3
     assert store.lookup(x.id).sources == frozenset([x.id, alias.id])
+
+
+_TRAIN_STEP = [  # inputs: #0 x, #1 y (published), #2 a layer, #3 its optimizer; $0 a batch's slice
+    {"k": "meth", "s": "#0", "n": "__getitem__", "a": ["ptr", "$0"]},
+    {"k": "meth", "s": "#1", "n": "__getitem__", "a": ["ptr", "$0"]},
+    {"k": "meth", "s": "#3", "n": "zero_grad"},
+    {"k": "meth", "s": "#2", "n": "__call__", "a": ["list", ["ptr", "#4"]]},
+    {"k": "call", "p": "torch.nn.functional.cross_entropy", "a": ["list", ["ptr", "#7"], ["ptr", "#5"]]},
+    {"k": "meth", "s": "#8", "n": "backward"},
+    {"k": "meth", "s": "#3", "n": "step"},
+    {"k": "meth", "s": "#8", "n": "item"},  # kept: the step's loss, a float
+]
+
+
+def test_a_training_steps_verified_runs_spread_only_after_backward() -> None:
+    """In verified runs of a training step the slices', ``zero_grad``'s and ``step``'s spreads (which
+    changed nothing after the first run) are skipped; what ``backward`` reaches is followed every run.
+    The layer has the data's sources from the first run on."""
+    store, x, y = published()
+    ex = Executor(store)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 3)
+    store.put("sL", layer, set())
+    store.put("sO", torch.optim.SGD(layer.parameters(), lr=0.1), set())
+    run = define_and_run(ex, [dict(op) for op in _TRAIN_STEP], n_in=4, n_holes=1)
+    kinds: list[list[str]] = []
+    real = store.spread
+
+    def spread(sources: Any, entries: Any, objects: Any) -> bool:
+        objects = list(objects)
+        graph = any(isinstance(o, torch.Tensor) and o.grad_fn is not None for o in objects)
+        kinds[-1].append("graph" if graph else "other")
+        return real(sources, entries, objects)
+
+    store.spread = spread  # type: ignore[method-assign]
+    losses = []
+    for b in range(0, 64, 8):
+        kinds.append([])
+        failures, outs = run([x.id, y.id, "sL", "sO"], [["list", ["slice", b, b + 8, None]]], keep=[7])
+        assert failures == []
+        losses.append(store.lookup(outs[7]).obj)
+        assert store.lookup(outs[7]).sources == {x.id, y.id}
+        assert store.lookup("sL").sources == {x.id, y.id}
+    assert ex.plans.verified_runs == 7 and ex.plans.fast_ops == 7 * len(_TRAIN_STEP)
+    assert all(k.count("graph") == 1 for k in kinds[1:])  # backward's, every run
+    assert kinds[2:] == [["graph"]] * 6  # the others: skipped once a verified run found them unchanged
+    assert losses[-1] < losses[0]

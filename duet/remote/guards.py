@@ -470,6 +470,14 @@ def _split_count(obj: torch.Tensor, name: str, args: Sequence[Any], kwargs: Mapp
 ITEM_METHODS = frozenset({"tolist", "split", "unbind", "chunk"})
 
 
+def may_check_items(obj: Any, name: str) -> bool:
+    """Whether :func:`check_items_before` can refuse a call of ``name`` on ``obj``: the same answer for every
+    object of ``obj``'s exact type (a plan's binding asks once per type)."""
+    if isinstance(obj, torch.Tensor):
+        return name in ITEM_METHODS
+    return isinstance(obj, (list, tuple, dict, str)) and name in _GROWERS
+
+
 def check_items_before(obj: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
     """Refuse, from the operands' sizes, a call that would make a Python value of over ``MAX_ITEMS`` items."""
     if isinstance(obj, torch.Tensor):

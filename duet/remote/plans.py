@@ -253,6 +253,9 @@ def _result_sig(obj: Any) -> Any:
     return _sig(obj, [])
 
 
+_FLOAT_SIG = (float,)  # _result_sig of a float
+
+
 def _no_pointer(oid: str) -> Any:
     raise ProtocolError("a hole's value holds no pointer")
 
@@ -447,7 +450,7 @@ class Plans:
                             bound = binders[j] = (
                                 type(obj),
                                 ex.allowlist.bind_method(obj, top.name),
-                                type(obj) is not torch.Tensor or top.name in guards.ITEM_METHODS,
+                                guards.may_check_items(obj, top.name),
                             )
                         if bound[2]:
                             check_items_before(obj, top.name, args, kwargs)
@@ -460,14 +463,22 @@ class Plans:
                             f"{path} ran {elapsed:.2f} s, over the {q.call_seconds:g} s limit for one call"
                         )
                     is_tensor = type(result) is torch.Tensor
-                    sig: Any = (
-                        (torch.Tensor, result.shape, result.dtype) if is_tensor else _result_sig(result)
-                    )
-                    same = sig == expected[j]  # type: ignore[index]
-                    if not (same and is_tensor):
-                        # (a tensor of the proved type, shape and dtype passed this check in the verifying run)
+                    sig: Any
+                    if is_tensor:
+                        sig = (torch.Tensor, result.shape, result.dtype)
+                        same = sig == expected[j]  # type: ignore[index]
+                        if (
+                            not same
+                        ):  # (one of the proved type, shape and dtype passed it in the verifying run)
+                            guards.check_result(result, q.tensor_bytes, path)
+                    elif type(result) is float:  # (an item, a running loss: check_result passes any float)
+                        sig = _FLOAT_SIG
+                        same = sig == expected[j]  # type: ignore[index]
+                    else:
+                        sig = _result_sig(result)
+                        same = sig == expected[j]  # type: ignore[index]
                         guards.check_result(result, q.tensor_bytes, path)
-                    if result is None:
+                    if result is None or type(result) is float:  # (guards._size_of gives a float 0 bytes)
                         nbytes = 0
                     else:
                         for u in refs:
@@ -504,8 +515,18 @@ class Plans:
                     dep = deps[out] = plan_deps[out]
                     if dep:
                         if result is None:
-                            read = [e for u in refs if u < n_in and (e := entries[u]) is not None]
-                            store.spread(_sources(entries, dep), read, [slots[u] for u in refs])
+                            objects = [slots[u] for u in refs]
+                            # what it read holds no storage of its own (an optimizer's step): skipped where
+                            # the same spread changed nothing last time (see _spread_key)
+                            skey = (
+                                _spread_key(store, 0, entries, spread_inputs[j])
+                                if all(_no_storage(o) for o in objects)
+                                else None
+                            )
+                            if skey is None or skey != spreads[j]:
+                                read = [e for u in refs if u < n_in and (e := entries[u]) is not None]
+                                grew = store.spread(_sources(entries, dep), read, objects)
+                                spreads[j] = None if grew else skey
                         elif is_tensor and (ptr := shared_storage(result)):
                             # a view of an entry (a batch's slice): skipped where the same spread changed
                             # nothing last time (see _spread_key)
@@ -797,6 +818,11 @@ def _spread_key(store: Store, ptr: int, entries: Sequence[Entry | None], inputs:
     every entry's sources), the storage, and the entries (by serial) its sources come from and it reads.
     A spread that changed nothing would change nothing again under the same key."""
     return (store.generation, ptr, [e.serial if (e := entries[u]) is not None else 0 for u in inputs])
+
+
+def _no_storage(obj: Any) -> bool:
+    """Whether a spread finds no storage and no autograd graph through ``obj`` (see Store.spread)."""
+    return not isinstance(obj, (torch.Tensor, torch.nn.Module))
 
 
 def _result_id(oid: Any) -> bool:
