@@ -105,3 +105,4 @@ class ScientistService:
         extensions included), or the default one if it describes none or describes it badly."""
         self.remote.tables = from_welcome(header)
         self.remote.planner.enabled = header.get("plans") is True and enabled_by_env()
+        self.remote.planner.first_ids = header.get("run_ids") == "first"

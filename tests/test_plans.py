@@ -230,6 +230,7 @@ class Loopback:
         self.failures: list[tuple[str, Any]] = []
         self.remote = Remote(lambda: self, lambda: "owner")  # type: ignore[arg-type,return-value]
         self.remote.planner.enabled = use_plans
+        self.remote.planner.first_ids = True  # as after an owner's welcome that says it reads them
         self.torch = RemoteNamespace(self.remote, "torch")
 
     def send(self, header: dict[str, Any], buffers: Any = (), **kw: Any) -> None:
@@ -611,6 +612,11 @@ def test_a_malformed_definition_is_refused_and_the_executor_goes_on(definition: 
         {"keep": "all"},
         {"h": [1]},
         {"o": None},
+        {"o": -1},
+        {"o": True},
+        {"o": 1.0},
+        {"o": 10**38 - 1},
+        {"o": "s1"},
     ],
 )
 def test_a_malformed_run_is_refused_and_stores_nothing_but_errors(change: dict[str, Any]) -> None:
@@ -1306,3 +1312,42 @@ def test_a_training_steps_verified_runs_spread_only_after_backward() -> None:
     assert all(k.count("graph") == 1 for k in kinds[1:])  # backward's, every run
     assert kinds[2:] == [["graph"]] * 6  # the others: skipped once a verified run found them unchanged
     assert losses[-1] < losses[0]
+
+
+def test_a_runs_first_result_id_stands_for_one_consecutive_id_per_op() -> None:
+    """``"o": 7`` names s7, s8, … as the list would: the same results, kept and failed under those ids."""
+    store, x, _ = published()
+    ex = Executor(store)
+    template = GOOD + [
+        {"k": "meth", "s": "#1", "n": "sum"},
+        {"k": "meth", "s": "#1", "n": "reshape", "a": ["list", 7]},
+    ]
+    assert ex.run_ops([{"k": "plan", "id": 1, "n": 1, "t": template}], []) == []
+    listed = {"k": "run", "id": 1, "i": [x.id], "h": [], "o": ["s1", "s2", "s3"], "keep": [0, 1, 2]}
+    first = {"k": "run", "id": 1, "i": [x.id], "h": [], "o": 7, "keep": [0, 1, 2]}
+    failed_listed, failed_first = ex.run_ops([listed], []), ex.run_ops([first], [])
+    assert [f[0] for f in failed_listed] == ["s3"] and [f[0] for f in failed_first] == ["s9"]
+    assert torch.equal(store.lookup("s7").obj, store.lookup("s1").obj)
+    assert store.lookup("s8").obj == store.lookup("s2").obj == (x.obj + 1).sum()
+    assert store.lookup("s9").error is not None and not store.holds("s10")
+    # refused as a whole (a wrong input count): the error goes under the kept ids it stands for
+    bad = {"k": "run", "id": 1, "i": [], "h": [], "o": 20, "keep": [1]}
+    assert ex.run_ops([bad], [])[0][0] == "s21" and store.lookup("s21").error is not None
+
+
+def test_the_client_sends_a_runs_consecutive_ids_as_the_first_ones_number() -> None:
+    o, _ = training_ops(4)
+    p = planner_on()
+    listed = p.compress(copy.deepcopy(o.ops), set(), [])[0]
+    p = planner_on()
+    p.first_ids = True
+    first = p.compress(copy.deepcopy(o.ops), set(), [])[0]
+    runs_listed = [op for op in listed if op["k"] == "run"]
+    runs_first = [op for op in first if op["k"] == "run"]
+    assert runs_listed and len(runs_first) == len(runs_listed)
+    for a, b in zip(runs_listed, runs_first):
+        assert type(b["o"]) is int and a["o"] == [f"s{b['o'] + j}" for j in range(len(a["o"]))]
+        assert {k: v for k, v in a.items() if k != "o"} == {k: v for k, v in b.items() if k != "o"}
+    assert p._ids(["s5", "s7"]) == ["s5", "s7"]  # not consecutive
+    assert p._ids(["s05", "s6"]) == ["s05", "s6"] and p._ids(["s\u0665", "s6"]) == ["s\u0665", "s6"]
+    assert p._ids(["s9", "s10", "s11"]) == 9

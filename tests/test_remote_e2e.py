@@ -242,9 +242,16 @@ def spy_on_frames(d: duet.Duet, monkeypatch: pytest.MonkeyPatch) -> list[dict[st
     return frames
 
 
-def calls_in(ops: list[dict[str, Any]]) -> int:
-    """The calls a list of ops makes the owner run: a plan run runs each op of its plan."""
-    return sum(len(op["o"]) if op.get("k") == "run" else 0 if op.get("k") == "plan" else 1 for op in ops)
+def calls_in(ops: list[dict[str, Any]], owner: Peer) -> int:
+    """The calls a list of ops makes the owner run: a plan run runs each op of its plan (its result ids
+    name one result per op, or its first id stands for as many as its plan has ops: asked of the owner)."""
+
+    def ops_of(op: dict[str, Any]) -> int:
+        if type(op["o"]) is list:
+            return len(op["o"])
+        return int(ask(owner, f"len(d._owner.executor.plans._plans[{int(op['id'])}].ops)"))
+
+    return sum(ops_of(op) if op.get("k") == "run" else 0 if op.get("k") == "plan" else 1 for op in ops)
 
 
 class Wide(duet.Module):
@@ -306,7 +313,7 @@ def test_training_steps_travel_as_few_frames_and_block_only_at_shape(
     ops = [op for f in calls for op in f["ops"] if op.get("k") != "del"]
     requests = [f for f in frames if f["t"] != "ops"]
     assert [f["t"] for f in requests] == ["meta"] and frames.index(requests[0]) == len(frames) - 1
-    ran = calls_in(ops)  # a plan's run stands for each of its ops (see duet.remote.planner)
+    ran = calls_in(ops, owner)  # a plan's run stands for each of its ops (see duet.remote.planner)
     assert ran >= 15  # 5 calls a step (zero_grad, forward, loss, backward, step), 3 steps
     print("ops per frame:", [len(f["ops"]) for f in calls])
     assert len(calls) <= 3, [len(f["ops"]) for f in calls]  # ...in a few frames, not one frame per call
@@ -326,6 +333,7 @@ def test_a_training_loop_sent_as_plans_trains_exactly_as_call_by_call(
     owner, d = pair
     remote = d._scientist.remote  # type: ignore[union-attr]
     assert remote.planner.enabled  # the owner's welcome said it runs plans
+    assert remote.planner.first_ids  # and reads a run's consecutive result ids as the first one's number
     inputs = d.store["grid"] / 10
     target = d.torch.zeros(3, 1)
     torch.manual_seed(0)
@@ -347,10 +355,14 @@ def test_a_training_loop_sent_as_plans_trains_exactly_as_call_by_call(
             total = loss.item() if total is None else total + loss.item()
         results[use_plans] = (get(total), get(model.weight), get(model.bias))
         sent[use_plans] = [op["k"] for f in frames if f["t"] == "ops" for op in f["ops"]]
+        sent[use_plans, "ids"] = [
+            type(op["o"]) for f in frames if f["t"] == "ops" for op in f["ops"] if op["k"] == "run"
+        ]
         sent[use_plans, "verified"] = ask(owner, "d._owner.executor.plans.verified_runs") - verified
         monkeypatch.undo()
     assert "run" in sent[True] and "run" not in sent[False] and "plan" not in sent[False]
     assert sent[True, "verified"] > 0 and sent[False, "verified"] == 0
+    assert set(sent[True, "ids"]) == {int}  # one loop's calls: each run's ids are consecutive
     # most steps travel as one run (and the add of the running total); a frame boundary in the middle
     # of a step sends that step's ops on their own, so how many depends on the machine's load
     assert sent[True].count("run") >= 10 and len(sent[True]) < 0.75 * len(sent[False])

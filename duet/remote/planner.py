@@ -374,6 +374,9 @@ class Planner:
         self._count = 0
         self._tried: set[tuple[int, tuple[Any, ...]]] = set()  # longer bodies found not to repeat (_longer)
         self.enabled = enabled_by_env()
+        # the owner reads a run's result ids as the number of the first one (its welcome's "run_ids"):
+        # consecutive ids then travel as that number (see duet.remote.plans)
+        self.first_ids = False
 
     def __len__(self) -> int:
         return self._count
@@ -611,7 +614,18 @@ class Planner:
                 keep.append(k)
             else:
                 dropped.add(oid)
-        return {"k": "run", "id": t.pid, "i": inputs, "h": holes, "o": outs, "keep": keep}
+        return {"k": "run", "id": t.pid, "i": inputs, "h": holes, "o": self._ids(outs), "keep": keep}
+
+    def _ids(self, outs: list[str]) -> list[str] | int:
+        """A run's result ids, or the number of the first one where they are s<n>, s<n + 1>, … and the
+        owner reads that."""
+        if self.first_ids and outs:
+            first = outs[0]
+            if first[:1] == "s" and first[1:].isascii() and first[1:].isdigit() and first[1:2] != "0":
+                n = int(first[1:])
+                if all(o == f"s{n + j}" for j, o in enumerate(outs)) and n + len(outs) < 10**38:
+                    return n
+        return outs
 
 
 def refs_of(op: dict[str, Any]) -> list[str]:

@@ -9,6 +9,10 @@ k-th input, or the result of one of its earlier ops) and each constant that chan
     {"k": "plan", "id": 7, "n": 6, "h": 2, "t": [template op, ...]}
     {"k": "run",  "id": 7, "i": [input ids], "h": [hole values], "o": [one result id per op], "keep": [op indices]}
 
+A run's result ids may also come as the number of the first one, ``"o": 2210`` standing for ``s2210``,
+``s2211``, … one per op (what the client sends where its ids are consecutive, once the owner's welcome
+says ``"run_ids": "first"``).
+
 A run runs every op of the template, in order, through the same checks as the op itself would pass
 (:meth:`Executor._do_call` / ``_do_meth``: the allowlist, the arguments, the published-data check, the
 Python-item limits, the call's time and result checks), and logs every op in the activity log. Only the
@@ -309,9 +313,13 @@ class Plans:
             raise ProtocolError(f"no plan {str(op.get('id'))[:20]!r}")
         n_in, ops = plan.n_in, plan.ops
         ids_in, outs, keep = op.get("i"), op.get("o"), op.get("keep")
-        if not isinstance(outs, list) or len(outs) != len(ops) or not all(_result_id(o) for o in outs):
+        if type(outs) is int:  # the first of consecutive ids (see the module)
+            if not 0 <= outs < _MAX_ID_NUMBER - len(ops):
+                raise ProtocolError("a plan run's first result id is a number of up to 38 digits")
+            outs = _SerialIds(outs, len(ops))
+        elif not isinstance(outs, list) or len(outs) != len(ops) or not all(_result_id(o) for o in outs):
             raise ProtocolError("a plan run names one result id per op")
-        if len(set(outs)) != len(outs):
+        elif len(set(outs)) != len(outs):
             raise ProtocolError("a plan run's result ids must differ")
         if not isinstance(keep, list) or not all(type(k) is int and 0 <= k < len(ops) for k in keep):
             raise ProtocolError("a plan run keeps results by op index")
@@ -847,9 +855,29 @@ def _batch_slice(hole: Any) -> list[slice] | None:
     return None
 
 
+_MAX_ID_NUMBER = 10**38  # "s" and 38 digits: within the 40 characters of a result id
+
+
+class _SerialIds(Sequence[str]):
+    """The result ids ``s<first>``, ``s<first + 1>``, …: one per op of a run, made when asked for."""
+
+    __slots__ = ("first", "n")
+
+    def __init__(self, first: int, n: int) -> None:
+        self.first, self.n = first, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, j: Any) -> Any:
+        if type(j) is not int or not 0 <= j < self.n:
+            return [f"s{self.first + k}" for k in range(self.n)][j]  # (a slice, or the error of a bad index)
+        return f"s{self.first + j}"
+
+
 class Refused(Exception):
     """A run refused as a whole: its error goes under every kept result id."""
 
-    def __init__(self, outs: list[str], keep: list[int], error: DuetError) -> None:
+    def __init__(self, outs: Sequence[str], keep: list[int], error: DuetError) -> None:
         super().__init__(str(error))
         self.outs, self.keep, self.error = outs, keep, error
