@@ -1351,3 +1351,28 @@ def test_the_client_sends_a_runs_consecutive_ids_as_the_first_ones_number() -> N
     assert p._ids(["s5", "s7"]) == ["s5", "s7"]  # not consecutive
     assert p._ids(["s05", "s6"]) == ["s05", "s6"] and p._ids(["s\u0665", "s6"]) == ["s\u0665", "s6"]
     assert p._ids(["s9", "s10", "s11"]) == 9
+
+
+class _Slotted:
+    """An input known by identity that takes no weak reference."""
+
+    __slots__ = ()
+
+
+def test_a_run_whose_inputs_take_no_weak_reference_or_no_hash_is_checked_in_full_every_time() -> None:
+    store, x, _ = published()
+    ex = Executor(store)
+    store.put("sNoRef", _Slotted(), set())
+    store.put("sList", [1, [2]], set())
+    template = [{"k": "meth", "s": "#0", "n": "sum"}]
+    run = define_and_run(ex, template, n_in=2)
+    for _ in range(3):
+        assert run([x.id, "sNoRef"])[0] == []
+    store.put("sLong", list(range(100)), set())  # too long for a signature by value: known by identity
+    for _ in range(3):
+        assert run([x.id, "sLong"])[0] == []
+    assert ex.plans.verified_runs == 0 and ex.plans.runs == 6
+    failures, outs = run(["sMissing", "sNoRef"])
+    assert failures[0][0] == outs[0] and failures[0][1].remote_type == "PermissionDenied"
+    assert run([x.id, "sList"])[0] == [] and run([x.id, "sList"])[0] == []
+    assert ex.plans.verified_runs == 1  # a short list's signature is its items': verified

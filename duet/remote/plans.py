@@ -346,12 +346,13 @@ class Plans:
         errors: list[_SlotError | None] = [None] * n
         deps: list[frozenset[int]] = [frozenset()] * n  # the inputs each slot was computed from
         entries: list[Entry | None] = [None] * n_in
-        for i, oid in enumerate(ids_in):
-            try:
-                entry = store.lookup(oid)
-            except DuetError as exc:  # each op that uses it fails with this, as a single op would
-                errors[i] = _SlotError(ex._as_remote(exc), False)
-                continue
+        for i, entry in enumerate(store.entries_of(ids_in)):
+            if entry is None:
+                try:
+                    entry = store.lookup(ids_in[i])  # the error a single op gets (or the entry, put since)
+                except DuetError as exc:  # each op that uses it fails with this, as a single op would
+                    errors[i] = _SlotError(ex._as_remote(exc), False)
+                    continue
             entries[i] = entry
             deps[i] = frozenset([i])
             if entry.error is not None:
@@ -360,7 +361,10 @@ class Plans:
                 slots[i] = entry.obj
 
         key, known = self._key(plan, slots, errors)
-        found = plan.verified.get(key) if key is not None else None
+        try:
+            found = plan.verified.get(key) if key is not None else None
+        except TypeError:  # an unhashable signature: every run is dry-run
+            key = found = None
         if found is not None and any(r() is not slots[i] for i, r in found[2]):
             found = None  # an input known by identity is another object at the same address
         expected, changing = (found[0], found[1]) if found is not None else (None, None)
@@ -663,12 +667,16 @@ class Plans:
                     continue
                 failures.append((oid, error))
         if expected is None and key is not None and not failures and all(e is None for e in errors):
+            try:
+                identities = tuple((i, weakref.ref(slots[i])) for i in known)
+            except TypeError:  # an input known by identity without weak references: never verified
+                return failures
             if len(plan.verified) >= _VERIFIED_KEYS:
                 plan.verified.pop(next(iter(plan.verified)))
             plan.verified[key] = (
                 sigs,
                 changes,
-                tuple((i, weakref.ref(slots[i])) for i in known),
+                identities,
                 records,
                 [None, []],  # (the allowlist, each fast op's binding: made on its first fast run)
                 [None] * len(ops),  # (each op's last spread that changed nothing: see _spread_key)
@@ -707,13 +715,10 @@ class Plans:
                 objs: list[Any] = []
                 parts.append(_sig(obj, objs))
                 if objs:
-                    weakref.ref(obj)
                     known.append(i)
-            key = tuple(parts)
-            hash(key)
-        except TypeError:  # unhashable, or an object without weak references: every run is dry-run
+        except TypeError:  # (an unhashable signature fails where the run looks it up)
             return None, []
-        return key, known
+        return tuple(parts), known
 
 
 def _over_store_quota(path: str, total: int, limit: int) -> QuotaExceeded:
