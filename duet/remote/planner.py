@@ -623,7 +623,7 @@ class Planner:
             first = outs[0]
             if first[:1] == "s" and first[1:].isascii() and first[1:].isdigit() and first[1:2] != "0":
                 n = int(first[1:])
-                if all(o == f"s{n + j}" for j, o in enumerate(outs)) and n + len(outs) < 10**38:
+                if n + len(outs) < 10**38 and outs == [f"s{k}" for k in range(n, n + len(outs))]:
                     return n
         return outs
 
