@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from duet import loop
-from duet.remote import guards, planner, plans
+from duet.remote import client, guards, planner, plans
 from duet.remote.allowlist import Allowlist
 from duet.remote.client import Remote
 from duet.remote.executor import Executor
@@ -241,6 +241,9 @@ class Loopback:
     @contextlib.contextmanager
     def batched(self) -> Iterator[None]:
         """Queue the calls made inside and send them as one frame (as a fast loop's calls travel)."""
+        # what is queued before leaves first: a flush the loop thread has yet to run would otherwise take
+        # the first calls made inside, in a frame of their own (on a loaded machine)
+        self.remote.flush()
         self.remote._scheduled = True  # no flush is scheduled until ours
         try:
             yield
@@ -966,16 +969,26 @@ def test_a_frames_unfinished_step_waits_for_the_next_frame_and_loses_nothing(sid
 def test_a_held_step_leaves_on_its_own_after_a_few_milliseconds(
     sides: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """(The hold is made 0.2 s long here, so that the check that the op is held cannot race the timer on a
+    loaded machine; the client's own is a few milliseconds.)"""
     (planned, x, y), _ = sides
     _, _, xs, _, _ = _four_steps(planned, x, y)
+    monkeypatch.setattr(client, "_HOLD_SECONDS", 0.2)
     remote = planned.remote
     remote._scheduled = True
     head = xs[40:48]
-    loop.run(_async(remote._flush_burst), timeout=10)
-    assert len(remote._ops) == 1  # held
-    sent = threading.Event()
+    sent = threading.Event()  # set once a frame carries the held op
     real = planned.send
-    monkeypatch.setattr(planned, "send", lambda header, *a, **k: (real(header, *a, **k), sent.set()))
+
+    def send(header: dict[str, Any], *args: Any, **kw: Any) -> None:
+        real(header, *args, **kw)
+        if any(op.get("o") == head._duet_id for op in header.get("ops", ())):
+            sent.set()
+
+    monkeypatch.setattr(planned, "send", send)
+    assert remote.planner.held_from([op for op, _ in remote._ops]) == 0  # the slice begins a known step
+    loop.run(_async(remote._flush_burst), timeout=10)
+    assert len(remote._ops) == 1 and not sent.is_set()  # held
     assert sent.wait(5)  # no other call, no flush asked for: the timer sent it
     assert not remote._ops
     assert planned.store.lookup(head._duet_id).obj.shape == (8, 5)

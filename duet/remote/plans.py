@@ -479,9 +479,8 @@ class Plans:
                     if is_tensor:
                         sig = (torch.Tensor, result.shape, result.dtype)
                         same = sig == expected[j]  # type: ignore[index]
-                        if (
-                            not same
-                        ):  # (one of the proved type, shape and dtype passed it in the verifying run)
+                        # (a tensor of the proved type, shape and dtype passed it in the verifying run)
+                        if not same:
                             guards.check_result(result, q.tensor_bytes, path)
                     elif type(result) is float:  # (an item, a running loss: check_result passes any float)
                         sig = _FLOAT_SIG
@@ -528,16 +527,16 @@ class Plans:
                     if dep:
                         if result is None:
                             objects = [slots[u] for u in refs]
-                            # what it read holds no storage of its own (an optimizer's step): skipped where
-                            # the same spread changed nothing last time (see _spread_key)
+                            # an op that returns nothing: where what it used holds no storage and no graph
+                            # (an optimizer's step), skipped if the same spread changed nothing last time
+                            # (see _spread_key); backward's graph is new each run, and followed
                             skey = (
                                 _spread_key(store, 0, entries, spread_inputs[j])
                                 if all(_no_storage(o) for o in objects)
                                 else None
                             )
                             if skey is None or skey != spreads[j]:
-                                read = [e for u in refs if u < n_in and (e := entries[u]) is not None]
-                                grew = store.spread(_sources(entries, dep), read, objects)
+                                grew = _spread_op(store, entries, dep, refs, n_in, objects)
                                 spreads[j] = None if grew else skey
                         elif is_tensor and (ptr := shared_storage(result)):
                             # a view of an entry (a batch's slice): skipped where the same spread changed
@@ -548,8 +547,7 @@ class Plans:
                                 else _spread_key(store, ptr, entries, spread_inputs[j])
                             )
                             if skey is None or skey != spreads[j]:
-                                read = [e for u in refs if u < n_in and (e := entries[u]) is not None]
-                                grew = store.spread(_sources(entries, dep), read, [result])
+                                grew = _spread_op(store, entries, dep, refs, n_in, [result])
                                 spreads[j] = None if grew else skey
                     for k in last_users[j]:
                         if k not in kept:
@@ -823,6 +821,20 @@ def _sources(entries: Sequence[Entry | None], dep: frozenset[int]) -> frozenset[
     if len(sets) == 1:
         return sets[0]
     return frozenset().union(*sets)
+
+
+def _spread_op(
+    store: Store,
+    entries: Sequence[Entry | None],
+    dep: frozenset[int],
+    refs: Any,
+    n_in: int,
+    objects: list[Any],
+) -> bool:
+    """A fast op's spread: the sources of the inputs its result comes from, to what it read and to what
+    ``objects`` reach (see Store.spread); whether an entry's sources grew."""
+    read = [e for u in refs if u < n_in and (e := entries[u]) is not None]
+    return store.spread(_sources(entries, dep), read, objects)
 
 
 def _spread_key(store: Store, ptr: int, entries: Sequence[Entry | None], inputs: tuple[int, ...]) -> Any:

@@ -65,9 +65,8 @@ class Entry:
     meta: dict[str, Any] = field(default_factory=dict)
     sources: frozenset[str] = frozenset()  # the published objects the value was computed from
     created: float = field(default_factory=time.time)  # when it was stored (seconds since the epoch)
-    serial: int = field(
-        default_factory=lambda: next(_SERIALS)
-    )  # never reused, unlike ids (see Store.generation)
+    # a number never reused, unlike ids (see Store.generation)
+    serial: int = field(default_factory=lambda: next(_SERIALS))
 
     @property
     def created_at(self) -> dt.datetime:
@@ -151,7 +150,7 @@ class Store:
         # counts the changes that can make a spread reach more than it did: an entry indexed by storage,
         # and any entry's sources growing (they never shrink). A spread that changed nothing changes
         # nothing again, while the generation is the same, for the same sources, entries (by serial) and
-        # storages: Plans.run skips such repeats of a slice's spread.
+        # storages: Plans.run skips such repeats of a slice's or an optimizer's spread.
         self.generation = 0
         self._published_objects: list[Any] | None = None  # (see published_objects)
 
