@@ -50,7 +50,7 @@ class _Recorder:
         self.frames: list[Frame] = []
         self.remote = Remote(lambda: self, lambda: "owner")  # type: ignore[arg-type,return-value]
         self.remote.planner.enabled = True  # as after an owner's welcome that says it runs plans
-        self.remote.planner.first_ids = True  # and reads a run's consecutive result ids as the first one's
+        self.remote.planner.first_ids = True  # and reads a run's consecutive ids as one number
         self.torch = RemoteNamespace(self.remote, "torch")
 
     def send(self, header: dict[str, Any], buffers: Any = (), **kw: Any) -> None:

@@ -87,9 +87,8 @@ class OwnerService:
         self.log = self.executor.log
         self._welcome = tables.welcome(self.executor.allowlist)  # describes the allowlist (see tables)
         self._welcome["plans"] = True  # runs plans (duet.remote.plans): the scientist's client may send them
-        self._welcome["run_ids"] = (
-            "first"  # and reads a run's consecutive result ids as the first one's number
-        )
+        # and reads a run's consecutive result ids as the first one's number (duet.remote.plans)
+        self._welcome["run_ids"] = "first"
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="duet-exec")
         self._pending: collections.deque[asyncio.Future[None]] = collections.deque()  # frames
         self._waiting: dict[str, list[_Waiter]] = {}
