@@ -464,6 +464,37 @@ def test_what_a_run_holds_counts_against_the_store_quota() -> None:
     assert failures == [] and store.lookup(outs[3]).obj == 8000.0
 
 
+def test_a_verified_run_counts_what_it_holds_against_the_store_quota_as_it_grows() -> None:
+    """On the fast path a tensor of the proved shape counts the proved bytes: what the store holds since the
+    verifying run counts too, so the same run fails where the quota is reached."""
+    store = Store(Quotas(store_bytes=100_000))
+    ex = Executor(store)
+    _put(ex, "sA", torch.zeros(2000))  # 8 KB
+    run = define_and_run(
+        ex,
+        [
+            {"k": "call", "p": "torch.add", "a": ["list", ["ptr", "#0"], 1.0], "kw": ["dict"]},
+            {"k": "meth", "s": "#1", "n": "repeat", "a": ["list", 4]},  # 32 KB
+            {"k": "call", "p": "torch.add", "a": ["list", ["ptr", "#2"], 1.0], "kw": ["dict"]},  # 32 KB
+            {"k": "meth", "s": "#3", "n": "sum"},
+        ],
+        n_in=1,
+    )
+    for _ in range(2):  # verifying, then verified: 8 + 32 + 32 KB at most, with the input
+        failures, outs = run(["sA"], keep=[3])
+        assert failures == [] and store.lookup(outs[3]).obj == 16000.0
+    fast = ex.plans.fast_ops
+    # 40 KB more in the store: at the second add 8 + 40 + 32 + 32 KB (the first add let go after the repeat)
+    _put(ex, "sB", torch.zeros(10_000))
+    failures, outs = run(["sA"], keep=[3])
+    assert [(oid, e.remote_type) for oid, e in failures] == [(outs[2], "QuotaExceeded")]
+    assert ex.plans.fast_ops == fast + 2  # the add and the repeat ran on the fast path, then the second add
+    assert store.lookup(outs[3]).error is not None  # the sum inherits the failure
+    ex.store.release("sB")
+    failures, outs = run(["sA"], keep=[3])
+    assert failures == [] and store.lookup(outs[3]).obj == 16000.0
+
+
 def test_retyping_a_module_or_changing_the_quotas_ends_the_verification() -> None:
     store, x, _ = published()
     ex = Executor(store)

@@ -110,7 +110,8 @@ class ActivityLog:
         seconds: float,
     ) -> None:
         """One row, as the executor has it: ``when`` from ``time.time()``, the result's type and shape as
-        its metadata holds them (None for none), the call's duration in seconds."""
+        its metadata holds them (None for none; a tensor's ``torch.Size`` as it is), the call's duration in
+        seconds."""
         if type(args) is ArgKinds:
             args = args.raw  # type: ignore[assignment]
         if type(result_shape) is list:
@@ -146,7 +147,7 @@ def _row(raw: _Raw) -> Row:
         str(result_type or ""),
         ""
         if result_shape is None
-        else str(list(result_shape) if type(result_shape) is tuple else result_shape),
+        else str(list(result_shape) if isinstance(result_shape, tuple) else result_shape),
         status,
         round(seconds * 1000, 3),
     )

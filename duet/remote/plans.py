@@ -252,12 +252,28 @@ def _sig(obj: Any, refs: list[Any]) -> Any:
 # types whose objects a run's signature knows by identity (an optimizer...): guards._sig refuses them
 _BY_IDENTITY: set[type] = set()
 
+# which of _sig's cases a type's objects take, for a run's inputs (see Plans._key): tensors, scalars and
+# modules always take the same; any other type (_OTHER) goes through _sig each time
+_TENSOR, _SCALAR, _MODULE, _OTHER = "tensor", "scalar", "module", "other"
+_INPUT_KINDS: dict[type, str] = {torch.Tensor: _TENSOR, **{t: _SCALAR for t in _SCALARS}}
+
+
+def _input_kind(t: type) -> str:
+    if t is torch.Tensor:
+        return _TENSOR
+    if t in _SCALARS:
+        return _SCALAR
+    if t not in _BY_IDENTITY and issubclass(t, torch.nn.Module):
+        return _MODULE
+    return _OTHER
+
 
 def _result_sig(obj: Any) -> Any:
     return _sig(obj, [])
 
 
 _FLOAT_SIG = (float,)  # _result_sig of a float
+_ONE_SLICE = ArgKinds([slice(None)], {}).raw  # the argument kinds of ``tensor[a:b:c]``, whatever its bounds
 
 
 def _no_pointer(oid: str) -> Any:
@@ -346,6 +362,7 @@ class Plans:
         errors: list[_SlotError | None] = [None] * n
         deps: list[frozenset[int]] = [frozenset()] * n  # the inputs each slot was computed from
         entries: list[Entry | None] = [None] * n_in
+        input_deps = plan.deps  # (frozenset([i]) for input i, made once per plan)
         for i, entry in enumerate(store.entries_of(ids_in)):
             if entry is None:
                 try:
@@ -354,7 +371,7 @@ class Plans:
                     errors[i] = _SlotError(ex._as_remote(exc), False)
                     continue
             entries[i] = entry
-            deps[i] = frozenset([i])
+            deps[i] = input_deps[i]
             if entry.error is not None:
                 errors[i] = _SlotError(entry.error, True)
             else:
@@ -422,13 +439,13 @@ class Plans:
             if record_j is not None:
                 # the fast path: an op this run's signature has proved (no hole, no Python value), run with
                 # the checks a verified run keeps, logged as its verifying run logged it (see _fast_record)
-                path, raw, meta = record_j
+                path, raw, meta, proved_bytes = record_j
                 refs = top.refs
                 kwargs: dict[str, Any]
                 try:
                     if index is not None:  # a batch's slice: its kinds are logged as they come
                         args, kwargs = index, {}
-                        raw = ArgKinds(args, kwargs).raw
+                        raw = _ONE_SLICE if type(index[0]) is slice else ArgKinds(args, kwargs).raw
                     else:
                         fa, fk = top.fast_args, top.fast_kwargs
                         args = [] if fa is None else [slots[x] if tag else x for tag, x in fa[1]]
@@ -477,7 +494,8 @@ class Plans:
                     is_tensor = type(result) is torch.Tensor
                     sig: Any
                     if is_tensor:
-                        sig = (torch.Tensor, result.shape, result.dtype)
+                        shape = result.shape  # (one torch.Size: the signature's, and the log row's)
+                        sig = (torch.Tensor, shape, result.dtype)
                         same = sig == expected[j]  # type: ignore[index]
                         # (a tensor of the proved type, shape and dtype passed it in the verifying run)
                         if not same:
@@ -497,12 +515,13 @@ class Plans:
                                 nbytes = 0
                                 break
                         else:
-                            nbytes = (
-                                result.numel() * result.element_size()
-                                if is_tensor
-                                else guards._size_of(result)
-                            )
-                        if nbytes and store.scientist_bytes + held + nbytes > q.store_bytes:
+                            if not is_tensor:
+                                nbytes = guards._size_of(result)
+                            elif same:  # (the proved shape and dtype: the proved byte count)
+                                nbytes = proved_bytes
+                            else:
+                                nbytes = result.numel() * result.element_size()
+                        if nbytes and store._scientist_bytes + held + nbytes > q.store_bytes:
                             del result
                             raise _over_store_quota(
                                 path, store.scientist_bytes + held + nbytes, q.store_bytes
@@ -559,7 +578,7 @@ class Plans:
                         path,
                         raw,
                         meta[0],
-                        tuple(result.shape) if is_tensor else meta[1],
+                        shape if is_tensor else meta[1],
                         "ok",
                         perf() - start,
                     )
@@ -704,16 +723,26 @@ class Plans:
             return None, []
         known: list[int] = []
         parts: list[Any] = [q.tensor_bytes, q.call_seconds, torch.is_grad_enabled(), guards.generation()]
+        kinds = _INPUT_KINDS
         try:
             for i in range(plan.n_in):
                 obj = slots[i]
-                if type(obj) is torch.Tensor:  # (the usual input: _sig's first case)
+                t = type(obj)
+                k = kinds.get(t)
+                if k is _TENSOR:  # (_sig's cases, told apart by one lookup of the type)
                     parts.append((torch.Tensor, obj.shape, obj.dtype))
-                    continue
-                objs: list[Any] = []
-                parts.append(_sig(obj, objs))
-                if objs:
+                elif k is _MODULE:
+                    parts.append(("M", id(obj), obj.training))
                     known.append(i)
+                elif k is _SCALAR:
+                    parts.append((t,))
+                else:
+                    objs: list[Any] = []
+                    parts.append(_sig(obj, objs))
+                    if objs:
+                        known.append(i)
+                    if k is None and len(kinds) < 1024:
+                        kinds[t] = _input_kind(t)
         except TypeError:  # (an unhashable signature fails where the run looks it up)
             return None, []
         return tuple(parts), known
@@ -728,15 +757,15 @@ def _over_store_quota(path: str, total: int, limit: int) -> QuotaExceeded:
 
 def _fast_record(
     top: _Op, plain: bool, path: str, args: Any, result: Any, slots: list[Any], holes: list[Any]
-) -> tuple[str, Any, Any] | None:
+) -> tuple[str, Any, Any, int] | None:
     """What a verified run needs to run op ``top`` on its fast path, from the verifying run that has just run
-    it: the log's path and argument kinds, and the result's log kind and shape (a tensor's shape is read
-    from each result). None for an op that stays on the long path: a property, an op with a hole or a Python
-    value, arguments the codec decodes, a result whose log entry the type alone does not fix. Two such ops
-    do run on it: basic indexing of a tensor by holes (a batch's slice, a view whatever its bounds, checked
-    to be basic indexing on every run: see :func:`_index_args`), and arithmetic on a Python float with
-    floats and ints (a running loss: constant time, a float or a bool as the result; see
-    :func:`_float_op`)."""
+    it: the log's path and argument kinds, the result's log kind and shape (a tensor's shape is read from
+    each result), and a tensor result's byte count (that of every tensor of the proved shape and dtype).
+    None for an op that stays on the long path: a property, an op with a hole or a Python value, arguments
+    the codec decodes, a result whose log entry the type alone does not fix. Two such ops do run on it:
+    basic indexing of a tensor by holes (a batch's slice, a view whatever its bounds, checked to be basic
+    indexing on every run: see :func:`_index_args`), and arithmetic on a Python float with floats and ints
+    (a running loss: constant time, a float or a bool as the result; see :func:`_float_op`)."""
     if top.kind == "attr":
         return None
     if top.holey:
@@ -750,15 +779,17 @@ def _fast_record(
         or (top.kwargs is not None and (top.fast_kwargs is None or top.fast_kwargs[0] == "hole"))
     ):
         return None
+    nbytes = 0
     if type(result) is torch.Tensor:
         meta: Any = ("Tensor", None)
+        nbytes = result.numel() * result.element_size()  # (any tensor of its shape and dtype has as many)
     elif type(result) in _SCALARS:
         described = _meta(result)
         meta = (described.get("type"), described.get("shape"))
     else:
         return None
     raw = args.raw if isinstance(args, ArgKinds) else args
-    return (path, raw, meta)
+    return (path, raw, meta, nbytes)
 
 
 def _index_args(top: _Op, slots: list[Any], holes: list[Any]) -> list[Any] | None:
