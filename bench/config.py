@@ -21,7 +21,7 @@ class Config:
     round_trips: int = 500
     pipelined_calls: int = 10_000
     bulk_mb: tuple[float, ...] = (1, 16, 64)
-    bulk_repeats: tuple[int, ...] = (9, 3, 2)  # duet transfers of each kind and size (see _bulk)
+    bulk_repeats: tuple[int, ...] = (9, 5, 3)  # duet transfers of each kind and size (see _bulk)
     epoch_repeats: int = 25  # timed epochs on each side, alternating, after one warm-up each (see _training);
     # pairs spread 1.2x-2.7x on a shared 2-core machine: nine gave medians 0.1x apart from run to run
     train_samples: int | None = None  # None: the whole digits set (1797 samples)

@@ -53,7 +53,7 @@ def expected_keys(cfg: Config) -> list[str]:
     """Every row a complete run produces for ``cfg``."""
     keys = ["connect", "rtt_median", "rtt_p99", "ping_median", "pipelined"]
     keys += [f"get_{mb:g}mb" for mb in cfg.bulk_mb] + [f"send_{mb:g}mb" for mb in cfg.bulk_mb]
-    return [*keys, "epoch", "epoch_no_plans", "mem_get", "mem_send", "mem_pipelined"]
+    return [*keys, "epoch", "epoch_no_plans", "epoch_notebook", "mem_get", "mem_send", "mem_pipelined"]
 
 
 def build_rows(cfg: Config, res: dict[str, Any]) -> list[Row]:
@@ -156,6 +156,23 @@ def build_rows(cfg: Config, res: dict[str, Any]) -> list[Row]:
         "-",
         ratio=ep["no_plans_ratio"],
         notes=[f"summed loss {ep['no_plans_loss']:.4f}"],
+    )
+    nb = res["notebook_epoch"]
+    add(
+        "epoch_notebook",
+        f"epoch, notebook 03's training (hidden {nb['hidden']}, Adam, batch {nb['batch_size']}; "
+        f"median of {len(nb['duet_all'])})",
+        nb["duet_seconds"],
+        "s",
+        {"same loop, local": nb["local_seconds"]},
+        "<= 1.3x local",
+        ratio=nb["ratio"],
+        met=nb["ratio"] <= 1.3,
+        notes=[
+            "every epoch summed the same loss on both sides"
+            if nb["same_losses"]
+            else f"summed losses differ: duet {nb['losses']['duet']}, local {nb['losses']['local']}"
+        ],
     )
     for key, label in (("get", "get"), ("send", "model send")):
         mem = res[f"memory_{key}"]

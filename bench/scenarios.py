@@ -32,6 +32,7 @@ def run_all(cfg: Config, say: Say) -> dict[str, Any]:
             ("pipelined calls", _pipelined),
             ("bulk transfers", _bulk),
             ("training", _training),
+            ("notebook 03's training", _notebook_training),
         ):
             say(name)
             scenario(limits, side, cfg, out)
@@ -214,4 +215,33 @@ def _training(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]) 
         "no_plans_loss": single_loss,
         "local_loss": local_loss,
         "duet_loss": duet_loss,
+    }
+
+
+def _notebook_training(limits: Limits, side: DuetSide, cfg: Config, out: dict[str, Any]) -> None:
+    """Notebook 03's training, locally and over duet, an epoch of each in turn, after one warm-up epoch of
+    each (the digits are published by _training)."""
+    x, y = training.digits()
+    n = min(len(y), cfg.train_samples or len(y))
+    local = training.NotebookTraining(None, x, y, n)
+    remote = training.NotebookTraining(side.s, side.s.store["digits_x"], side.s.store["digits_y"], n)
+    times: dict[str, list[float]] = {"local": [], "duet": []}
+    losses: dict[str, list[float]] = {"local": [], "duet": []}
+    for rep in range(cfg.epoch_repeats + 1):
+        for key, run in (("local", local), ("duet", remote)):
+            seconds, loss = run.epoch()
+            losses[key].append(loss)
+            if rep:  # the first of each is the warm-up
+                times[key].append(seconds)
+    out["notebook_epoch"] = {
+        "samples": n,
+        "batch_size": training.NOTEBOOK_BATCH,
+        "hidden": training.NOTEBOOK_HIDDEN,
+        "local_seconds": statistics.median(times["local"]),
+        "duet_seconds": statistics.median(times["duet"]),
+        "local_all": times["local"],
+        "duet_all": times["duet"],
+        "ratio": statistics.median(d / lo for d, lo in zip(times["duet"], times["local"])),
+        "same_losses": losses["duet"] == losses["local"],
+        "losses": losses,
     }

@@ -53,12 +53,16 @@ def test_quick_benchmark_reports_every_row(tmp_path: Path) -> None:
         *(f"send_{s}" for s in sizes),
         "epoch",
         "epoch_no_plans",
+        "epoch_notebook",
         "mem_get",
         "mem_send",
         "mem_pipelined",
     ]
     rows = {row["key"]: row for row in results["rows"]}
     assert list(rows) == expected
+    # notebook 03's training: the same model trained on both sides sums the same loss epoch after epoch
+    notebook = results["notebook_epoch"]
+    assert notebook["same_losses"] and len(notebook["losses"]["duet"]) == 2
 
     table = done.stdout
     for key, row in rows.items():
