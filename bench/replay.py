@@ -9,6 +9,10 @@ runs just before it, in the same process and thread. Printed: both epochs and th
 the owner's own cost per call beyond the torch call itself, by call, from the activity log's durations and
 the time spent inside the allowlist's calls.
 
+``--loop demo`` (the default) is the bench's demo epoch: a fresh model and optimizer each epoch, batches of
+32. ``--loop notebook`` is notebook 03's training (see :class:`bench.training.NotebookTraining`): the model
+sent once, Adam and its schedule made once, batches of 64; its local epochs continue one training.
+
 This is the executor's ceiling: a session adds the network, the scientist's processes and their threads on
 the same cores (``python -m bench`` measures that).
 """
@@ -31,7 +35,7 @@ from duet.demo import DigitsCNN
 from duet.remote import activity, allowlist
 from duet.remote.client import Remote
 from duet.remote.executor import Executor
-from duet.remote.pointer import Pointer, RemoteNamespace
+from duet.remote.pointer import Pointer, RemoteNamespace, RemotePython
 from duet.remote.store import Store
 
 from . import training
@@ -52,6 +56,7 @@ class _Recorder:
         self.remote.planner.enabled = True  # as after an owner's welcome that says it runs plans
         self.remote.planner.first_ids = True  # and reads a run's consecutive ids as one number
         self.torch = RemoteNamespace(self.remote, "torch")
+        self.python = RemotePython(self.remote)
 
     def send(self, header: dict[str, Any], buffers: Any = (), **kw: Any) -> None:
         if header["t"] != "ops":
@@ -77,20 +82,29 @@ class Recording:
     total: str  # the result id of the last epoch's summed loss
 
 
-def record(x: torch.Tensor, y: torch.Tensor, epochs: int, n: int) -> Recording:
-    """The frames of ``epochs`` epochs of the bench's training loop, a fresh model sent before each (as the
-    bench's training does)."""
+def record(x: torch.Tensor, y: torch.Tensor, epochs: int, n: int, loop: str = "demo") -> Recording:
+    """The frames of ``epochs`` epochs of the bench's training loop: the demo's, a fresh model sent before
+    each (as the bench's demo epoch does), or notebook 03's (``loop="notebook"``), one model trained on."""
     store, ex, px, py = _owner(x, y)
     rec = _Recorder(ex)
     xs, ys = Pointer(rec.remote, px, owned=False), Pointer(rec.remote, py, owned=False)
     marks = []
-    for _ in range(epochs):
+    if loop == "notebook":
         torch.manual_seed(0)
-        model = DigitsCNN(torch).send(rec)
+        model = DigitsCNN(torch, hidden=training.NOTEBOOK_HIDDEN).send(rec)
+        opt, scheduler = training.notebook_optimizer(rec.torch, model)
+    for _ in range(epochs):
+        if loop != "notebook":
+            torch.manual_seed(0)
+            model = DigitsCNN(torch).send(rec)
         rec.remote.flush()
         marks.append(len(rec.frames))
         rec.remote._scheduled = True  # the epoch's calls leave as one frame (as a fast loop's calls travel)
-        total = training.run_epoch(model, rec.torch, xs, ys, n, BATCH)
+        if loop == "notebook":
+            zero = lambda: rec.python.Float(0.0)  # noqa: E731
+            total = training.notebook_epoch(model, rec.torch, opt, scheduler, xs, ys, n, zero)
+        else:
+            total = training.run_epoch(model, rec.torch, xs, ys, n, BATCH)
         rec.remote.flush()
     marks.append(len(rec.frames))
     return Recording(rec.frames, marks, (px, py), total._duet_id)
@@ -180,14 +194,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.replay", description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=15, help="local and replayed epochs, alternating (15)")
     ap.add_argument("--samples", type=int, default=0, help="digits to train on (0: all 1797)")
+    ap.add_argument(
+        "--loop", choices=("demo", "notebook"), default="demo", help="the training loop (see above; demo)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     x, y = training.digits()
     n = min(len(y), args.samples or len(y))
-    rec = record(x, y, 3, n)
+    rec = record(x, y, 3, n, args.loop)
+    if args.loop == "notebook":  # the replayed epoch is a training's third: so is the loss it must sum
+        check = training.NotebookTraining(None, x, y, n)
+        local_loss = [check.epoch()[1] for _ in range(3)][-1]
+        nb = training.NotebookTraining(None, x, y, n)  # (timed: one training, epoch after epoch)
     local, remote = [], []
     for _ in range(args.pairs):
-        local_seconds, local_loss = training.local_epoch(x, y, n, BATCH)
+        if args.loop == "notebook":
+            local_seconds = nb.epoch()[0]
+        else:
+            local_seconds, local_loss = training.local_epoch(x, y, n, BATCH)
         replay_seconds, _, replay_loss = replay(rec, x, y)
         if replay_loss != local_loss:
             raise RuntimeError(f"the replayed epoch's loss {replay_loss} differs from the local {local_loss}")

@@ -78,6 +78,12 @@ def notebook_epoch(model: Any, th: Any, opt: Any, scheduler: Any, x: Any, y: Any
     return total
 
 
+def notebook_optimizer(th: Any, model: Any) -> tuple[Any, Any]:
+    """Notebook 03's optimizer and learning-rate schedule for ``model`` (``th``: ``torch`` or ``d.torch``)."""
+    opt = th.optim.Adam(model.parameters(), lr=0.01)
+    return opt, th.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+
+
 class NotebookTraining:
     """Notebook 03's training, as its scientist runs it: the CNN with a 512-wide hidden layer, sent once,
     Adam (lr 0.01) and a StepLR schedule made once, then epoch after epoch of batches of 64; locally
@@ -90,8 +96,7 @@ class NotebookTraining:
         model = DigitsCNN(torch, hidden=NOTEBOOK_HIDDEN)
         self.th: Any = torch if session is None else session.torch
         self.model = model if session is None else model.send(session)
-        self.opt = self.th.optim.Adam(self.model.parameters(), lr=0.01)
-        self.scheduler = self.th.optim.lr_scheduler.StepLR(self.opt, step_size=2, gamma=0.5)
+        self.opt, self.scheduler = notebook_optimizer(self.th, self.model)
         if session is not None:
             len(self.model.parameters())  # a blocking call: the model and optimizer are on the owner
 

@@ -100,3 +100,25 @@ def test_the_replay_trains_as_the_local_loop_and_reports_each_call() -> None:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "Tensor.backward" in done.stdout and "ratio" in done.stdout
+
+
+def test_the_replay_of_notebook_03s_training_sums_the_local_trainings_third_epoch() -> None:
+    """``--loop notebook``: one model trained on, epoch after epoch; the replayed third epoch's calls run on
+    the fast path and sum the loss of the local training's third epoch."""
+    from bench import replay, training
+
+    x, y = training.digits()
+    rec = replay.record(x, y, 3, 192, loop="notebook")
+    seconds, fast, loss = replay.replay(rec, x, y)
+    local = training.NotebookTraining(None, x, y, 192)
+    assert loss == [local.epoch()[1] for _ in range(3)][-1]
+    assert seconds > 0 and fast >= 2 * 19  # the third epoch's three runs: all but the first verified
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.replay", "--loop", "notebook", "--pairs", "1", "--samples", "192"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Adam.step" in done.stdout and "ratio" in done.stdout

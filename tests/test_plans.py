@@ -739,7 +739,9 @@ _SLICE_STEP = [
 ]
 
 
-def _slice_runs(use_plans: bool, holes: list[Any]) -> tuple[Executor, list[Any], list[Any]]:
+def _slice_runs(
+    use_plans: bool, holes: list[Any], step: list[dict[str, Any]] = _SLICE_STEP
+) -> tuple[Executor, list[Any], list[Any]]:
     """The step above run once per hole value (planned, or as single ops), the total fed back each time:
     the executor, each step's results, and the log rows."""
     ex = Executor(Store())
@@ -747,15 +749,15 @@ def _slice_runs(use_plans: bool, holes: list[Any]) -> tuple[Executor, list[Any],
     _put(ex, "sT", 0.5)
     results: list[Any] = []
     if use_plans:
-        run = define_and_run(ex, [dict(op) for op in _SLICE_STEP], n_in=2, n_holes=1)
+        run = define_and_run(ex, [dict(op) for op in step], n_in=2, n_holes=1)
     total = "sT"
     for b, hole in enumerate(holes):
         if use_plans:
             failures, outs = run([total, "sA"], [hole])
         else:
-            outs, failures = [f"s{b}_{j}" for j in range(len(_SLICE_STEP))], []
+            outs, failures = [f"s{b}_{j}" for j in range(len(step))], []
             slots = [total, "sA", *outs]
-            for j, op in enumerate(_SLICE_STEP):
+            for j, op in enumerate(step):
                 single = json.loads(json.dumps(op).replace('"$0"', '"H"'))
                 single["s"] = slots[int(single["s"][1:])]
                 if single.get("a") == ["ptr", "H"]:
@@ -766,7 +768,7 @@ def _slice_runs(use_plans: bool, holes: list[Any]) -> tuple[Executor, list[Any],
         assert failures == []
         results.append([ex.store.lookup(o).obj for o in outs[1:]])
         total = outs[3]
-    return ex, results, _rows(ex, len(_SLICE_STEP) * len(holes))
+    return ex, results, _rows(ex, len(step) * len(holes))
 
 
 def test_a_batchs_slice_and_the_running_totals_arithmetic_take_the_fast_path() -> None:
@@ -784,6 +786,21 @@ def test_a_batchs_slice_and_the_running_totals_arithmetic_take_the_fast_path() -
     assert [r for r in rows if r[0] != "plan"] == single_rows
     assert ("Tensor.__getitem__", "slice", "Tensor", "[2, 3]", "ok") in rows
     assert ("float.__add__", "float", "float", "", "ok") in rows
+
+
+def test_a_running_total_kept_with_an_augmented_assignment_takes_the_fast_path() -> None:
+    """``total += loss.item()`` (notebook 03's loop) sends ``__iadd__``: on a Python float it makes a new
+    float, as ``+`` does, and runs on the fast path with the results and log rows of single ops."""
+    step = [dict(op) for op in _SLICE_STEP]
+    step[3] = {**step[3], "n": "__iadd__"}
+    holes = [["list", ["slice", b, b + 2, None]] for b in (0, 1, 2)]
+    ex, planned, rows = _slice_runs(True, holes, step)
+    _, single, single_rows = _slice_runs(False, holes, step)
+    assert ex.plans.verified_runs == 2 and ex.plans.fast_ops == 10  # runs 2 and 3: all five ops
+    for a, b in zip(planned, single, strict=True):
+        assert all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(a, b))
+    assert [r for r in rows if r[0] != "plan"] == single_rows
+    assert ("float.__iadd__", "float", "float", "", "ok") in rows
 
 
 def test_an_index_that_copies_and_python_ints_stay_on_the_long_path(monkeypatch: pytest.MonkeyPatch) -> None:

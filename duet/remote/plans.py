@@ -811,11 +811,13 @@ def _index_args(top: _Op, slots: list[Any], holes: list[Any]) -> list[Any] | Non
     return args
 
 
-# what a Python float may do on the fast path: arithmetic and comparisons, none of them in place
+# what a Python float may do on the fast path: arithmetic and comparisons (a float is never changed in
+# place: ``total += loss.item()`` makes a new float, as ``+`` does)
 _FLOAT_OPS = frozenset(
-    {"__abs__", "__add__", "__eq__", "__floordiv__", "__ge__", "__gt__", "__le__", "__lt__", "__mod__",
-     "__mul__", "__ne__", "__neg__", "__pow__", "__radd__", "__rfloordiv__", "__rmod__", "__rmul__",
-     "__rpow__", "__rsub__", "__rtruediv__", "__sub__", "__truediv__"}
+    {"__abs__", "__add__", "__eq__", "__floordiv__", "__ge__", "__gt__", "__iadd__", "__ifloordiv__",
+     "__imul__", "__isub__", "__itruediv__", "__le__", "__lt__", "__mod__", "__mul__", "__ne__", "__neg__",
+     "__pow__", "__radd__", "__rfloordiv__", "__rmod__", "__rmul__", "__rpow__", "__rsub__", "__rtruediv__",
+     "__sub__", "__truediv__"}
 )  # fmt: skip
 
 
