@@ -170,6 +170,67 @@ def test_the_running_totals_add_joins_the_plan_and_later_frames_prefer_the_whole
     assert later and all(op["k"] == "run" and op["id"] == whole for op in later[:-1])
 
 
+def cnn_steps(steps: int) -> Ops:
+    """Training steps of a CNN whose forward pass repeats a block (a layer, relu, max-pool, twice), with a
+    running loss that starts as a local ``0.0``: the first step ends with ``__radd__``, the others with
+    ``__iadd__`` (19 ops a step)."""
+    o = Ops()
+    total = None
+    for b in range(steps):
+        xb = o.meth("pX", "__getitem__", ["slice", 8 * b, 8 * b + 8, None])
+        yb = o.meth("pY", "__getitem__", ["slice", 8 * b, 8 * b + 8, None])
+        o.meth("sOpt", "zero_grad")
+        h = xb
+        for layer in ("sConv1", "sConv2"):
+            h = o.meth(layer, "__call__", ptr(h))
+            h = o.call("torch.nn.functional.relu", ptr(h))
+            h = o.call("torch.nn.functional.max_pool2d", ptr(h), 2)
+        h = o.call("torch.flatten", ptr(h), 1)
+        h = o.call("torch.nn.functional.relu", ptr(o.meth("sFc1", "__call__", ptr(h))))
+        h = o.call("torch.nn.functional.log_softmax", ptr(o.meth("sFc2", "__call__", ptr(h))), dim=1)
+        loss = o.call("torch.nn.functional.nll_loss", ptr(h), ptr(yb))
+        o.meth(loss, "backward")
+        o.meth("sOpt", "step")
+        item = o.meth(loss, "item")
+        total = o.meth(item, "__radd__", 0.0) if total is None else o.meth(total, "__iadd__", ptr(item))
+    return o
+
+
+def test_a_step_that_repeats_a_block_of_its_forward_pass_travels_whole() -> None:
+    """The first step differs from the others at its last op, and the first frame holds two and a half
+    steps: the first repeat found there is the forward pass's block (3 ops, twice in a row). The next
+    frame grows it into the whole step (its 13 other ops are more than `_longer` takes in between two runs),
+    and later frames run one step a run: not three ops a run and the rest one by one."""
+    p = planner_on()
+    o = cnn_steps(12)
+    per_step = 19
+    frames = [o.ops[:48], o.ops[48 : 48 + 4 * per_step], o.ops[48 + 4 * per_step :]]
+    outs, held = [], []
+    for frame in frames:  # as the client sends them: an unfinished step waits for the next frame
+        batch = held + frame
+        cut = p.held_from(batch)
+        held = batch[cut:]
+        outs.append(p.compress(copy.deepcopy(batch[:cut]), set(), held)[0])
+    outs.append(p.compress(copy.deepcopy(held), set())[0])  # the last ops, flushed as the loop ends
+    assert [c for out in outs for c in calls(out)] == [op["o"] for op in o.ops]
+    bodies = {op["id"]: len(op["t"]) for out in outs for op in out if op["k"] == "plan"}
+    assert sorted(bodies.values()) == [3, per_step]
+    runs = [op for op in outs[2] if op["k"] == "run"]
+    assert [bodies[r["id"]] for r in runs] == [per_step] * len(runs) and len(runs) >= 4
+    assert sum(op["k"] != "run" for op in outs[2]) < per_step  # only the frame's edges go op by op
+
+
+def test_a_frame_that_holds_enough_such_steps_defines_the_step_from_its_second_one() -> None:
+    """The same steps in one frame: the block's repeat is not defined, since the whole step repeats from
+    the second step on; the first step (which differs) goes op by op, every later one as a run."""
+    o = cnn_steps(8)
+    out, _ = planner_on().compress(copy.deepcopy(o.ops), set())
+    assert calls(out) == [op["o"] for op in o.ops]
+    bodies = [len(op["t"]) for op in out if op["k"] == "plan"]
+    assert bodies == [19]
+    assert [op["k"] for op in out] == [op["k"] for op in o.ops[:19]] + ["plan"] + ["run"] * 7
+
+
 def test_a_chain_of_one_call_keeps_one_plan_over_many_frames() -> None:
     """`y = y + 1` repeated: the plan found first is the whole loop body, not the first of ever longer
     ones (every frame would otherwise define one more, up to the client's limit)."""

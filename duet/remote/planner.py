@@ -358,6 +358,40 @@ def _fits(t: Any, s: Any, values: dict[int, Any]) -> bool:
     return _same(t, s)
 
 
+def _body_ahead(keys: list[Any], at: list[int], i: int, p: int, first: int) -> tuple[int, int] | None:
+    """Where ops[i:i + p] repeat back to back: the start (``first`` or later) and length of a longer loop
+    body that repeats back to back a little further on, if there is one that ops[i:i + p] cannot grow into
+    (:meth:`Planner._longer` takes in at most ``_GAP`` ops between two runs) and that is no shorter body
+    repeated (a chain of ``y = y + 1`` is its own short plan, repeated). A training step whose first
+    occurrence differs from the others (a running loss that starts as a local ``0.0``: ``__radd__`` first,
+    ``__iadd__`` after) would otherwise be planned as the forward pass's first repeat, ``conv, relu,
+    max_pool``, for good. Its lengths are the distances to the next occurrences of the op at ``i``."""
+    n = len(keys)
+    shorter = [p]  # bodies that would repeat within a longer one: its own repeats, not a new loop
+    k = bisect.bisect_right(at, i + p)
+    for j in at[k : k + _CANDIDATES]:
+        body = j - i
+        if body > plans.MAX_PLAN_OPS or first + 2 * body > n:
+            break
+        if body - p <= _GAP:
+            shorter.append(body)
+            continue
+        run = 0  # how many ops in a row, up to the one at t, have equal keys one body apart
+        for t in range(first, min(i + 2 * body, n - body)):
+            if keys[t] is None or keys[t] != keys[t + body]:
+                run = 0
+                continue
+            run += 1
+            if run == body:
+                start = t - body + 1
+                window = keys[start : start + body]
+                if not any(window[: body - d] == window[d:] for d in shorter):
+                    return start, body
+                run -= 1  # a shorter body's repeats: look one op further
+        shorter.append(body)
+    return None
+
+
 def _replace(tree: Any, path: tuple[int, ...], value: Any) -> Any:
     if not path:
         return value
@@ -371,6 +405,8 @@ class Planner:
 
     def __init__(self) -> None:
         self._templates: dict[Any, list[_Template]] = {}  # by their first op's kind and name
+        # (within one compress: where a longer loop body than the one just found starts, and its length)
+        self._ahead: tuple[int, int] | None = None
         self._count = 0
         self._tried: set[tuple[int, tuple[Any, ...]]] = set()  # longer bodies found not to repeat (_longer)
         self.enabled = enabled_by_env()
@@ -424,6 +460,7 @@ class Planner:
         out: list[dict[str, Any]] = []
         dropped: set[str] = set()
         starts = self._starts(keys)
+        self._ahead = None
         i = 0
         while i < n:
             if keys[i] is None:
@@ -507,11 +544,25 @@ class Planner:
         if self._count >= MAX_TEMPLATES:
             return 0
         n = len(ops)
+        ahead = self._ahead
+        if ahead is not None:  # a longer loop body was found to start at ahead[0] (see _body_ahead)
+            if i < ahead[0]:
+                return 0
+            self._ahead = None
+            if i == ahead[0]:
+                step = self._try(ops, keys, i, i + ahead[1], last_use, alive, out, dropped)
+                if step:
+                    return step
         at = positions[keys[i]]
         first = bisect.bisect_left(at, i + MIN_OPS)
         for j in at[first : first + _CANDIDATES]:
             if j - i > plans.MAX_PLAN_OPS or 2 * j - i > n:
                 break
+            if ahead is None and keys[i:j] == keys[j : 2 * j - i]:
+                found = _body_ahead(keys, at, i, j - i, i + 1)
+                if found is not None:
+                    self._ahead = found
+                    return 0
             step = self._try(ops, keys, i, j, last_use, alive, out, dropped)
             if step:
                 return step
@@ -537,11 +588,17 @@ class Planner:
         if not known:
             return 0
         p = len(known[0].keys)  # the longest (see _known)
-        if keys[i + p : i + 2 * p] == known[0].keys:
-            return 0  # the plan repeats right after itself: it is the loop's whole body (`y = y + 1` ...)
         at = positions[keys[i]]
         n = len(ops)
-        for j in at[bisect.bisect_right(at, i + p) :][:_CANDIDATES]:
+        if keys[i + p : i + 2 * p] == known[0].keys:
+            # the plan repeats right after itself: it is the loop's whole body (`y = y + 1` ...), unless a
+            # longer body made of more than its repeats starts here (a forward pass's repeated layers)
+            found = _body_ahead(keys, at, i, p, i)
+            if found is None or found[0] != i:
+                return 0
+            return self._try(ops, keys, i, i + found[1], last_use, alive, out, dropped)
+        k = bisect.bisect_right(at, i + p)
+        for j in at[k : k + _CANDIDATES]:
             if j - i - p > _GAP or j - i > plans.MAX_PLAN_OPS or 2 * j - i > n:
                 break
             tried = (known[0].pid, tuple(keys[i + p : j]))
